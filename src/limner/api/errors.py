@@ -1,0 +1,109 @@
+"""The HTTP edge of the error tree: one table from error classes to statuses, one JSON shape.
+
+Every error answer is ``{"error": {"code", "message", "hint", "provider"}}``. A provider's auth failure is
+a 502, never a 401: a 401 from limner means the caller's own token is wrong and would sign them out.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from limner.errors import (
+    ConfigurationError,
+    ContentPolicyError,
+    ImageNotFoundError,
+    ImageTooLargeError,
+    InputError,
+    LimnerError,
+    MissingCredentialsError,
+    ProviderError,
+    ProviderRateLimitError,
+    ProviderUnavailableError,
+    StorageError,
+    UnsupportedImageError,
+)
+
+__all__ = ["STATUS_TABLE", "error_body", "install_error_handlers", "status_for"]
+
+log = logging.getLogger(__name__)
+
+# Most specific first: the first matching class decides.
+STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
+    (ImageNotFoundError, 404),
+    (ImageTooLargeError, 413),
+    (UnsupportedImageError, 415),
+    (InputError, 400),
+    (MissingCredentialsError, 400),
+    (ConfigurationError, 503),
+    (ProviderRateLimitError, 429),
+    (ContentPolicyError, 422),
+    (ProviderUnavailableError, 503),
+    (ProviderError, 502),
+    (StorageError, 500),
+    (LimnerError, 500),
+)
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "image_too_large",
+}
+
+
+def status_for(exc: LimnerError) -> int:
+    """The HTTP status of a limner error."""
+    return next(status for cls, status in STATUS_TABLE if isinstance(exc, cls))
+
+
+def error_body(code: str, message: str, hint: str | None = None, provider: str | None = None) -> dict[str, object]:
+    """The one error shape."""
+    return {"error": {"code": code, "message": message, "hint": hint, "provider": provider}}
+
+
+async def _limner_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, LimnerError)
+    status = status_for(exc)
+    headers = {}
+    if isinstance(exc, ProviderError) and exc.retry_after:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if status >= 500 and not isinstance(exc, ProviderError | ConfigurationError):
+        log.error("request failed: %s", exc.code, exc_info=exc)
+    return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    body = error_body("invalid_request", "Invalid request: " + "; ".join(parts), "Fix the named fields.")
+    return JSONResponse(body, status_code=422)
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    headers = dict(exc.headers or {})
+    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled error", exc_info=exc)
+    body = error_body("internal_error", "Something went wrong inside limner.", "Try again; the log has details.")
+    return JSONResponse(body, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to the one error shape."""
+    app.add_exception_handler(LimnerError, _limner_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

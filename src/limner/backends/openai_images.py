@@ -1,0 +1,415 @@
+"""OpenAI Images backend over the official ``openai`` SDK: OpenAI, Azure OpenAI, compatible base URLs.
+
+The SDK gets the backend's one shared ``httpx2`` client (timeouts, limits and ``PROXY`` live there); an
+SDK client object is built per call because the key can differ per user (it costs about 50 µs). Input
+images go out as ``(name, bytes, media type)`` tuples: raw bytes would be labelled
+``application/octet-stream``, which the service rejects, and tuples keep edits retryable.
+
+Every SDK exception is mapped in :meth:`OpenAIImagesBackend._map_error`, to the most specific error of
+DESIGN §5, with hints that name the settings to fix (the names come from the caller, so the DALL·E family
+can reuse this class with its own variables).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import httpx2
+import openai
+from openai.types import ImagesResponse
+
+from limner.backends.base import (
+    Backend,
+    EditRequest,
+    GenerateRequest,
+    ImageOutput,
+    ModelProfile,
+    ProgressCallback,
+)
+from limner.backends.openai_profiles import OPENAI_PROFILES, permissive_profile
+from limner.errors import (
+    ConfigurationError,
+    ContentPolicyError,
+    LimnerError,
+    ProviderAuthError,
+    ProviderError,
+    ProviderQuotaError,
+    ProviderRateLimitError,
+    ProviderRequestError,
+    ProviderResponseError,
+    ProviderUnavailableError,
+    redact,
+)
+
+__all__ = ["EndpointKind", "OpenAIEndpoint", "OpenAIImagesBackend", "SettingNames"]
+
+_AZURE_HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+_QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+        "billing_hard_limit_reached",
+    }
+)
+_POLICY_CODES = frozenset({"moderation_blocked", "content_policy_violation", "contentFilter"})
+_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
+
+
+class EndpointKind(StrEnum):
+    """How the SDK must address the service."""
+
+    OPENAI = "openai"
+    """OpenAI itself or any OpenAI-compatible base URL: Bearer auth, ``/images/...`` under the base."""
+    AZURE_DEPLOYMENT = "azure_deployment"
+    """A full Azure deployment URL (``.../openai/deployments/DEP``) plus ``api-version``."""
+    AZURE_RESOURCE = "azure_resource"
+    """An Azure resource endpoint plus ``api-version``; the model setting is the deployment name."""
+    AZURE_V1 = "azure_v1"
+    """Azure's v1 API (``.../openai/v1``): OpenAI-style paths, ``api-key`` auth, model = deployment."""
+
+
+@dataclass(frozen=True, slots=True)
+class SettingNames:
+    """The environment variables a hint should name for this family."""
+
+    api_key: str = "IMAGE_GEN_OAI_API_KEY"
+    base_url: str = "IMAGE_GEN_OAI_BASEURL"
+    api_version: str = "IMAGE_GEN_OAI_AZURE_API_VERSION"
+    model: str = "IMAGE_GEN_OAI_MODEL"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIEndpoint:
+    """A resolved endpoint: where to send requests and how to authenticate."""
+
+    kind: EndpointKind
+    base_url: str
+    api_version: str | None = None
+
+    @classmethod
+    def resolve(cls, base_url: str | None, api_version: str | None, names: SettingNames) -> OpenAIEndpoint:
+        """Decide the endpoint kind from the settings, failing fast on impossible combinations."""
+        if not base_url:
+            return cls(EndpointKind.OPENAI, "https://api.openai.com/v1")
+        url = base_url.rstrip("/")
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(
+                f"{names.base_url} must be an http(s) URL; got {base_url!r}.",
+                hint="For example https://api.openai.com/v1 or https://RES.openai.azure.com/openai/deployments/DEP.",
+            )
+        path = parts.path.rstrip("/")
+        if path.endswith("/openai/v1"):
+            return cls(EndpointKind.AZURE_V1, url, api_version)
+        is_azure_host = parts.hostname is not None and parts.hostname.endswith(_AZURE_HOST_SUFFIXES)
+        if "/deployments/" in path:
+            if not api_version:
+                raise ConfigurationError(
+                    f"{names.base_url} is an Azure deployment URL but {names.api_version} is not set.",
+                    hint=f"Set {names.api_version}, for example to 2025-04-01-preview.",
+                )
+            return cls(EndpointKind.AZURE_DEPLOYMENT, url, api_version)
+        if api_version or is_azure_host:
+            if not api_version:
+                raise ConfigurationError(
+                    f"{names.base_url} is an Azure endpoint but {names.api_version} is not set.",
+                    hint=f"Set {names.api_version}, or use the v1 URL https://RES.openai.azure.com/openai/v1.",
+                )
+            return cls(EndpointKind.AZURE_RESOURCE, url.removesuffix("/openai"), api_version)
+        return cls(EndpointKind.OPENAI, url)
+
+    @property
+    def is_azure(self) -> bool:
+        """Azure's errors and auth differ from OpenAI's."""
+        return self.kind is not EndpointKind.OPENAI
+
+    @property
+    def display_name(self) -> str:
+        """How messages name this provider."""
+        if self.is_azure:
+            return "Azure OpenAI"
+        host = urlsplit(self.base_url).hostname or self.base_url
+        return "OpenAI" if host == "api.openai.com" else f"the OpenAI-compatible service at {host}"
+
+
+class OpenAIImagesBackend(Backend):
+    """GPT image models (and, for the DALL·E family, DALL·E) through the Images API."""
+
+    name: ClassVar[str] = "openai"
+    profiles: ClassVar[dict[str, ModelProfile]] = OPENAI_PROFILES
+
+    def __init__(
+        self,
+        *,
+        endpoint: OpenAIEndpoint,
+        http_client: httpx2.AsyncClient,
+        timeout: float = 300.0,
+        max_retries: int = 2,
+        setting_names: SettingNames | None = None,
+        is_sandbox: bool = False,
+    ) -> None:
+        super().__init__(endpoint=endpoint.base_url, is_sandbox=is_sandbox)
+        self.target = endpoint
+        self.http_client = http_client
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.names = setting_names or SettingNames()
+        self.backend_name = "azure" if endpoint.is_azure else "openai"
+
+    def profile(self, model: str) -> ModelProfile:
+        """Known models get their profile; an unknown name (an Azure deployment, a proxy's alias) is sent
+        as given with the broad GPT image profile, and the upstream has the last word.
+        """
+        return self.profiles.get(model) or permissive_profile(model)
+
+    def _client(self, api_key: str | None) -> openai.AsyncOpenAI:
+        common: dict[str, Any] = {
+            "http_client": self.http_client,
+            "timeout": self.timeout,
+            "max_retries": self.max_retries,
+        }
+        key = api_key or "missing"
+        match self.target.kind:
+            case EndpointKind.AZURE_DEPLOYMENT:
+                return openai.AsyncAzureOpenAI(
+                    base_url=self.target.base_url, api_version=self.target.api_version, api_key=key, **common
+                )
+            case EndpointKind.AZURE_RESOURCE:
+                return openai.AsyncAzureOpenAI(
+                    azure_endpoint=self.target.base_url,
+                    api_version=self.target.api_version,
+                    api_key=key,
+                    **common,
+                )
+            case EndpointKind.AZURE_V1:
+                query = {"api-version": self.target.api_version} if self.target.api_version else None
+                return openai.AsyncOpenAI(
+                    base_url=self.target.base_url,
+                    api_key=key,
+                    default_headers={"api-key": key},
+                    default_query=query,
+                    **common,
+                )
+            case _:
+                return openai.AsyncOpenAI(base_url=self.target.base_url, api_key=key, **common)
+
+    async def _generate(
+        self, req: GenerateRequest, *, api_key: str | None, progress: ProgressCallback | None
+    ) -> list[ImageOutput]:
+        params = _drop_none(
+            model=req.model,
+            prompt=req.prompt,
+            n=req.n,
+            size=req.size,
+            quality=req.quality,
+            background=req.background,
+            style=req.style,
+            output_format=req.output_format,
+            output_compression=req.output_compression,
+        )
+        if self.profile(req.model).family == "dall-e":
+            params["response_format"] = "b64_json"
+        response = await self._client(api_key).images.generate(**params)
+        return self._outputs(response, req.output_format)
+
+    async def _edit(
+        self, req: EditRequest, *, api_key: str | None, progress: ProgressCallback | None
+    ) -> list[ImageOutput]:
+        files = [(image.name, image.data, image.media_type) for image in req.images]
+        params = _drop_none(
+            model=req.model,
+            prompt=req.prompt,
+            n=req.n,
+            size=req.size,
+            quality=req.quality,
+            background=req.background,
+            output_format=req.output_format,
+            input_fidelity=req.input_fidelity,
+        )
+        if req.mask is not None:
+            params["mask"] = (req.mask.name, req.mask.data, req.mask.media_type)
+        image_param: Any = files[0] if len(files) == 1 else files
+        response = await self._client(api_key).images.edit(image=image_param, **params)
+        return self._outputs(response, req.output_format)
+
+    def _outputs(self, response: ImagesResponse, requested_format: str | None) -> list[ImageOutput]:
+        if not isinstance(response, ImagesResponse) or not response.data:
+            raise ProviderResponseError(
+                f"{self.target.display_name} answered without any image data.",
+                provider=self.backend_name,
+                endpoint=self.endpoint,
+                hint="Try again; if it persists, the service or the base URL may not be an OpenAI Images API.",
+            )
+        fmt = response.output_format or requested_format or "png"
+        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
+        details: dict[str, Any] = _drop_none(
+            size=response.size, quality=response.quality, background=response.background, usage=usage
+        )
+        return [self._one_output(item, fmt, details) for item in response.data]
+
+    def _one_output(self, item: Any, fmt: str, details: dict[str, Any]) -> ImageOutput:
+        common: dict[str, Any] = {
+            "media_type": _MEDIA_TYPES.get(fmt),
+            "revised_prompt": item.revised_prompt,
+            "provider_details": details,
+        }
+        if item.b64_json:
+            try:
+                return ImageOutput(data=base64.b64decode(item.b64_json, validate=True), **common)
+            except (binascii.Error, ValueError) as exc:
+                raise self._bad_response("an image that is not valid base64") from exc
+        if item.url:
+            return ImageOutput(url=item.url, **common)
+        raise self._bad_response("an entry with neither b64_json nor url")
+
+    def _bad_response(self, what: str) -> ProviderResponseError:
+        return ProviderResponseError(
+            f"{self.target.display_name} answered with {what}.",
+            provider=self.backend_name,
+            endpoint=self.endpoint,
+            hint="Try again; if it persists, check that the base URL points at an OpenAI Images API.",
+        )
+
+    # --- error mapping -------------------------------------------------------------------------
+
+    def _map_error(self, exc: Exception) -> LimnerError | None:
+        """The one place where SDK and transport exceptions become limner errors."""
+        if isinstance(exc, openai.APIStatusError):
+            return self._map_status(exc)
+        if isinstance(exc, openai.APITimeoutError):
+            return self._unavailable(f"{self.target.display_name} did not answer within {self.timeout:g} s.")
+        if isinstance(exc, openai.APIConnectionError):
+            return self._unavailable(f"Could not connect to {self.target.display_name} ({_host(self.endpoint)}).")
+        if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
+            return self._bad_response("a body that is not valid JSON of the Images API")
+        if isinstance(exc, openai.APIError):
+            detail = redact(exc.message)
+            return self._unavailable(f"{self.target.display_name} failed while generating: {detail}")
+        if isinstance(exc, httpx2.TransportError):
+            return self._unavailable(f"The connection to {self.target.display_name} failed.")
+        return None
+
+    def _unavailable(self, message: str, **extra: Any) -> ProviderUnavailableError:
+        return ProviderUnavailableError(
+            message,
+            provider=self.backend_name,
+            endpoint=self.endpoint,
+            hint="Try again in a moment; if it keeps failing, check the service status and the proxy (PROXY).",
+            **extra,
+        )
+
+    def _map_status(self, exc: openai.APIStatusError) -> ProviderError:
+        status, code = exc.status_code, str(exc.code or "")
+        common: dict[str, Any] = {
+            "provider": self.backend_name,
+            "endpoint": self.endpoint,
+            "status_code": status,
+            "request_id": exc.request_id,
+        }
+        upstream = _upstream_message(exc)
+        who = self.target.display_name
+        if code in _POLICY_CODES or _is_azure_filter(exc):
+            return ContentPolicyError(
+                f"{who} refused the request on content policy grounds: {upstream}",
+                hint="Rephrase the prompt or use different input images; do not retry the same request.",
+                **common,
+            )
+        if code in _QUOTA_CODES:
+            return ProviderQuotaError(
+                f"{who} says the account is out of quota or credits: {upstream}",
+                hint="Add credits or raise the spending limit in the provider's billing settings.",
+                **common,
+            )
+        if status in (401, 403):
+            return self._auth_error(status, upstream, common)
+        if status == 404:
+            return self._not_found(upstream, code, common)
+        if status == 429:
+            return ProviderRateLimitError(
+                f"{who} is rate limiting requests: {upstream}",
+                hint="Wait a little and try again.",
+                retry_after=_retry_after(exc.response),
+                **common,
+            )
+        if status >= 500:
+            return ProviderUnavailableError(
+                f"{who} failed with HTTP {status}: {upstream}",
+                hint="Try again in a moment.",
+                retry_after=_retry_after(exc.response),
+                **common,
+            )
+        param = f" (parameter {exc.param})" if getattr(exc, "param", None) else ""
+        return ProviderRequestError(
+            f"{who} rejected the request{param}: {upstream}",
+            hint="Change the named parameter; the model's allowed values are in the tool's schema.",
+            **common,
+        )
+
+    def _auth_error(self, status: int, upstream: str, common: dict[str, Any]) -> ProviderAuthError:
+        who = self.target.display_name
+        if status == 401:
+            message = f"{who} rejected the API key: {upstream}"
+            hint = f"Check {self.names.api_key}, or the key you entered in Settings."
+        else:
+            message = f"{who} refused access: {upstream}"
+            hint = "The key is valid but lacks access to this model or region; check the account's permissions."
+        return ProviderAuthError(message, hint=hint, **common)
+
+    def _not_found(self, upstream: str, code: str, common: dict[str, Any]) -> ProviderRequestError:
+        names = self.names
+        if self.target.is_azure:
+            return ProviderRequestError(
+                f"Azure OpenAI answered 404 ({code or 'not found'}): the deployment or the api-version "
+                f"{self.target.api_version!r} does not exist at {_host(self.endpoint)}. {upstream}",
+                hint=(
+                    f"Check {names.base_url} (https://RES.openai.azure.com/openai/deployments/DEPLOYMENT, or the "
+                    f"resource endpoint with {names.model} set to the deployment name) and "
+                    f"{names.api_version} (for example 2025-04-01-preview)."
+                ),
+                **common,
+            )
+        return ProviderRequestError(
+            f"{self.target.display_name} says the model does not exist or has been retired: {upstream}",
+            hint=f"Set {names.model} to a current model, for example gpt-image-1.5 or gpt-image-2.",
+            **common,
+        )
+
+
+def _drop_none(**values: Any) -> dict[str, Any]:
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _upstream_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    text = body.get("message") if isinstance(body, dict) else None
+    return redact(str(text or exc.message or f"HTTP {exc.status_code}"))
+
+
+def _is_azure_filter(exc: openai.APIStatusError) -> bool:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    inner = body.get("inner_error") or body.get("innererror") or {}
+    return isinstance(inner, dict) and inner.get("code") == "ResponsibleAIPolicyViolation"
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = response.headers.get(header)
+        if value:
+            try:
+                return float(value) * scale
+            except ValueError:
+                continue
+    return None
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc or url

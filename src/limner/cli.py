@@ -1,0 +1,392 @@
+"""The ``limner`` command line: serve, the sandbox, generate and edit, images, users, tokens, database.
+
+Without a server the commands work directly on the local data dir as the local user
+(``LIMNER_LOCAL_USER``), opening the same Runtime as the server, emulators included when no provider is
+configured. Errors print their message and hint and exit with the code of their class
+(see :data:`EXIT_CODES`); nothing prints a traceback unless ``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from limner import __version__
+from limner.config import Settings, load_settings
+from limner.db.repositories import UserRepository
+from limner.errors import (
+    ConfigurationError,
+    ImageNotFoundError,
+    InputError,
+    LimnerError,
+    ProviderError,
+    StorageError,
+)
+from limner.ids import new_api_token
+from limner.imaging import extension_for
+from limner.library import ImageRecord, Provenance
+from limner.runtime import Runtime
+from limner.tools.base import ToolContext, run_tool
+
+__all__ = ["EXIT_CODES", "app", "main"]
+
+T = TypeVar("T")
+
+# sysexits.h codes: scripts can tell a bad request from a provider outage or a broken setup.
+EXIT_CODES: tuple[tuple[type[LimnerError], int], ...] = (
+    (ImageNotFoundError, 66),
+    (InputError, 65),
+    (ConfigurationError, 78),
+    (ProviderError, 69),
+    (StorageError, 74),
+    (LimnerError, 70),
+)
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="limner",
+    help="Image generation and editing as tools for AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+images_app = typer.Typer(help="List, show, export and delete images.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
+tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(images_app, name="images")
+app.add_typer(users_app, name="users")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(db_app, name="db")
+
+_state: dict[str, Any] = {"debug": False}
+
+
+def exit_code_for(exc: LimnerError) -> int:
+    """The exit code of an error class."""
+    return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine; LimnerErrors become a message, a hint and their exit code."""
+    try:
+        return asyncio.run(coro)
+    except LimnerError as exc:
+        err_console.print(f"[bold red]Error:[/] {exc.message}")
+        if exc.hint:
+            err_console.print(f"[yellow]What to do:[/] {exc.hint}")
+        if _state["debug"]:
+            raise
+        raise typer.Exit(exit_code_for(exc)) from None
+
+
+async def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, spinner: str | None = None) -> T:
+    async with Runtime.open(_settings()) as runtime:
+        if runtime.sandbox is not None:
+            err_console.print(f"[dim]sandbox: {runtime.sandbox.reason}; using the built-in emulators[/]")
+        if spinner is None:
+            return await work(runtime)
+        with err_console.status(spinner):
+            return await work(runtime)
+
+
+async def _local_user_id(runtime: Runtime) -> str:
+    async with runtime.db.unit_of_work() as session:
+        user = await UserRepository(session).get_or_create(runtime.settings.local_user)
+    return user.id
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    """limner: image generation and editing as tools for AI agents."""
+    _state["debug"] = debug
+    if version:
+        console.print(__version__)
+        raise typer.Exit()
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to listen on (LIMNER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on (LIMNER_PORT).")] = None,
+) -> None:
+    """Run the HTTP API (and, with no provider configured, the built-in emulators)."""
+    import uvicorn
+
+    from limner.api import create_app
+
+    try:
+        settings = _settings()
+    except ConfigurationError as exc:
+        err_console.print(f"[bold red]Error:[/] {exc.message}\n[yellow]What to do:[/] {exc.hint}")
+        raise typer.Exit(exit_code_for(exc)) from None
+    bind_host, bind_port = host or settings.host, settings.port if port is None else port
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    console.print(f"limner {__version__} on [bold]http://{bind_host}:{bind_port}[/] (data: {settings.data_dir})")
+    console.print("API docs at /docs. Create an API token with: limner tokens create --user YOUR_NAME")
+    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=settings.log_level.lower())
+
+
+@app.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="Port of the emulators (0: any free port).")] = 8481,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve the upstream emulators on their own, for any client, offline."""
+    from limner.sandbox.server import serve_sandbox
+
+    async def forever() -> None:
+        async with serve_sandbox(host=host, port=port) as running:
+            console.print(f"limner sandbox at [bold]{running.base_url}[/] (any non-empty API key works)")
+            for name, url in running.urls.items():
+                console.print(f"  {name:<14} {url}")
+            console.print("Press Ctrl+C to stop.")
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(forever())
+    except KeyboardInterrupt:
+        console.print("stopped")
+
+
+def _write_outputs(records: list[ImageRecord], blobs: list[bytes], out: Path | None) -> list[Path]:
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for record, data in zip(records, blobs, strict=True):
+        path = out / f"{record.id}.{extension_for(record.media_type)}"
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+async def _run_tool_locally(runtime: Runtime, tool: str, arguments: dict[str, Any], out: Path | None) -> None:
+    spec = runtime.tools().get(tool)
+    if spec is None:
+        status = next((st for s, st in runtime.all_tools() if s.name == tool), None)
+        reason = status.reason if status else "no such tool"
+        raise ConfigurationError(f"The tool {tool} is not available: {reason}.")
+    user_id = await _local_user_id(runtime)
+    with err_console.status(f"{tool}: waiting for the image service…"):
+        result = await run_tool(spec, arguments, ToolContext(user_id=user_id, runtime=runtime))
+    blobs = [data for _, data in await runtime.library.read_many(user_id, [r.id for r in result.images])]
+    paths = await asyncio.to_thread(_write_outputs, result.images, blobs, out)
+    for index, record in enumerate(result.images):
+        where = f"  {paths[index]}" if paths else ""
+        console.print(f"{record.id}  {record.width}x{record.height}  {record.media_type}{where}")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="What to draw.")],
+    size: Annotated[str | None, typer.Option(help="e.g. 1024x1024, 1536x1024, auto.")] = None,
+    quality: Annotated[str | None, typer.Option(help="auto, low, medium, high.")] = None,
+    background: Annotated[str | None, typer.Option(help="auto, transparent, opaque.")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10, help="How many images.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Folder to write the images to.")] = None,
+    tool: Annotated[str, typer.Option(help="Generation tool to use.")] = "image_gen_oai",
+) -> None:
+    """Generate images from a prompt and store them in the library (and in --out)."""
+    args = {"prompt": prompt, "size": size, "quality": quality, "background": background, "n": n}
+    arguments = {k: v for k, v in args.items() if v is not None}
+    _run(_with_runtime(lambda rt: _run_tool_locally(rt, tool, arguments, out)))
+
+
+@app.command()
+def edit(
+    image_ids: Annotated[list[str], typer.Argument(help="IDs of the images to edit (the first is the main one).")],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to change.")],
+    mask: Annotated[Path | None, typer.Option(help="PNG whose transparent pixels mark the area to change.")] = None,
+    size: Annotated[str | None, typer.Option(help="Output size.")] = None,
+    quality: Annotated[str | None, typer.Option(help="auto, low, medium, high.")] = None,
+    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10, help="How many variants.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Folder to write the images to.")] = None,
+    tool: Annotated[str, typer.Option(help="Editing tool to use.")] = "image_edit_oai",
+) -> None:
+    """Edit images by ID; the new images name them as parents."""
+
+    async def work(runtime: Runtime) -> None:
+        args: dict[str, Any] = {
+            "image_ids": image_ids,
+            "prompt": prompt,
+            "size": size,
+            "quality": quality,
+            "n": n,
+        }
+        if mask is not None:
+            data = await asyncio.to_thread(mask.read_bytes)
+            user_id = await _local_user_id(runtime)
+            from limner.backends.base import ImageOutput
+
+            (record,) = await runtime.library.save(
+                user_id, [ImageOutput(data=data)], Provenance(source="uploaded", original_name=mask.name)
+            )
+            args["mask_image_id"] = record.id
+        await _run_tool_locally(runtime, tool, {k: v for k, v in args.items() if v is not None}, out)
+
+    _run(_with_runtime(work))
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+@images_app.command("list")
+def images_list(
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many.")] = 20,
+    source: Annotated[str | None, typer.Option(help="generated, edited, uploaded or mcp.")] = None,
+) -> None:
+    """The local user's images, newest first."""
+
+    async def work(runtime: Runtime) -> list[ImageRecord]:
+        return await runtime.library.recent(await _local_user_id(runtime), limit=limit, source=source)
+
+    records = _run(_with_runtime(work))
+    table = Table("ID", "created", "source", "size", "prompt", box=None)
+    for r in records:
+        table.add_row(
+            r.id,
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            r.source,
+            f"{r.width}x{r.height}",
+            (r.prompt or r.original_name or "")[:60],
+        )
+    console.print(table)
+
+
+@images_app.command("show")
+def images_show(image_id: Annotated[str, typer.Argument(help="Image ID.")]) -> None:
+    """An image's record and parents, as JSON."""
+
+    async def work(runtime: Runtime) -> dict[str, Any]:
+        user_id = await _local_user_id(runtime)
+        record = await runtime.library.get(user_id, image_id)
+        parents = await runtime.library.parents(user_id, image_id)
+        data = record.model_dump(mode="json", exclude={"owner_id"})
+        data["parents"] = [{"id": p.id, "role": p.role, "exists": p.image is not None} for p in parents]
+        return data
+
+    console.print_json(json.dumps(_run(_with_runtime(work))))
+
+
+@images_app.command("export")
+def images_export(
+    image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")],
+    out: Annotated[Path, typer.Option(help="Folder to write to.")] = Path(),
+) -> None:
+    """Write images to files named after their IDs."""
+
+    async def work(runtime: Runtime) -> list[Path]:
+        found = await runtime.library.read_many(await _local_user_id(runtime), image_ids)
+        return await asyncio.to_thread(_write_outputs, [r for r, _ in found], [d for _, d in found], out)
+
+    for path in _run(_with_runtime(work)):
+        console.print(str(path))
+
+
+@images_app.command("delete")
+def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")]) -> None:
+    """Delete images."""
+
+    async def work(runtime: Runtime) -> None:
+        user_id = await _local_user_id(runtime)
+        for image_id in image_ids:
+            await runtime.library.delete(user_id, image_id)
+            console.print(f"deleted {image_id}")
+
+    _run(_with_runtime(work))
+
+
+# --- users, tokens, db --------------------------------------------------------------------------
+
+
+@users_app.command("create")
+def users_create(
+    name: Annotated[str, typer.Argument(help="Unique user name.")],
+    admin: Annotated[bool, typer.Option(help="Make the user an administrator.")] = False,
+) -> None:
+    """Create a user."""
+
+    async def work(runtime: Runtime) -> str:
+        async with runtime.db.unit_of_work() as session:
+            repo = UserRepository(session)
+            if await repo.by_name(name) is not None:
+                raise InputError(f"A user named {name!r} already exists.")
+            return (await repo.create(name, is_admin=admin)).id
+
+    console.print(f"created user {name} ({_run(_with_runtime(work))})")
+
+
+@tokens_app.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option("--user", help="User the token acts as (created if missing).")],
+    name: Annotated[str, typer.Option(help="A label for the token.")] = "",
+) -> None:
+    """Create an API token; it is printed once, as the last word of the output."""
+
+    async def work(runtime: Runtime) -> str:
+        token = new_api_token()
+        async with runtime.db.unit_of_work() as session:
+            repo = UserRepository(session)
+            owner = await repo.get_or_create(user)
+            await repo.add_token(owner, token, name)
+        return token
+
+    token = _run(_with_runtime(work))
+    console.print(f"API token for {user} (shown only now): {token}", soft_wrap=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (the server also does this on start)."""
+
+    async def work() -> None:
+        from limner.db.session import Database
+
+        settings = _settings()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.resolved_database_url)
+        try:
+            await db.upgrade()
+        finally:
+            await db.dispose()
+
+    _run(work())
+    console.print("database is up to date")
+
+
+@db_app.command("sweep")
+def db_sweep(
+    min_age: Annotated[float, typer.Option(help="Only remove orphan files older than this many seconds.")] = 3600.0,
+) -> None:
+    """Remove stored files that no image record points at (left by a crash mid-save)."""
+
+    async def work(runtime: Runtime) -> Any:
+        return await runtime.library.sweep(min_age=min_age)
+
+    report = _run(_with_runtime(work))
+    console.print(
+        f"removed {report.orphan_blobs_removed} orphan file(s) and {report.temporaries_removed} temporary file(s); "
+        f"{len(report.rows_missing_blobs)} record(s) without a file"
+    )
+
+
+def main() -> None:
+    """Console script entry point."""
+    app(prog_name="limner")

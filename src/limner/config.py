@@ -1,0 +1,179 @@
+"""Settings: LibreChat's environment variable names where LibreChat has one, ``LIMNER_*`` for ours.
+
+Nothing reads the environment at import time: front ends call :func:`load_settings` once and pass the
+result down (``create_app(settings)``). A LibreChat ``.env`` full of unrelated variables loads without
+error (unknown names are ignored); an invalid value fails at start with a
+:class:`~limner.errors.ConfigurationError` that names the variable. An empty value means "not set", and
+a key whose value is ``user_provided`` means each user enters their own key in the UI, as in LibreChat.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from limner.errors import ConfigurationError
+
+__all__ = ["USER_PROVIDED", "SandboxMode", "Settings", "load_settings"]
+
+USER_PROVIDED = "user_provided"
+DEFAULT_OAI_MODEL = "gpt-image-1.5"
+
+
+def default_data_dir() -> Path:
+    """Per-user data folder following the XDG convention (``~/.local/share/limner``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "limner"
+
+
+class SandboxMode(StrEnum):
+    """When the built-in emulators stand in for real providers."""
+
+    AUTO = "auto"
+    """Only when no provider at all is configured: the quick start works with no keys."""
+    ON = "on"
+    """Every family talks to the emulators, whatever is configured (announced at start)."""
+    OFF = "off"
+    """Never; unconfigured families are simply unavailable."""
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every setting limner reads. Each field's docstring is the README's description of it."""
+
+    model_config = SettingsConfigDict(
+        extra="ignore",
+        env_ignore_empty=True,
+        case_sensitive=False,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        frozen=True,
+    )
+
+    # --- OpenAI Image Tools (LibreChat names) -------------------------------------------------
+    image_gen_oai_api_key: SecretStr | None = Field(None, validation_alias=_env("IMAGE_GEN_OAI_API_KEY"))
+    """API key of the OpenAI Image Tools (OpenAI, Azure or a compatible service). Empty or
+    `user_provided`: each user enters their own key in Settings."""
+    image_gen_oai_model: str = Field(DEFAULT_OAI_MODEL, validation_alias=_env("IMAGE_GEN_OAI_MODEL"))
+    """Model for `image_gen_oai` and `image_edit_oai` (on Azure: the deployment name when the base URL
+    is the resource endpoint). Unknown names are sent as given with the most permissive GPT image
+    profile."""
+    image_gen_oai_baseurl: str | None = Field(None, validation_alias=_env("IMAGE_GEN_OAI_BASEURL"))
+    """Base URL of an OpenAI-compatible service, an Azure deployment URL
+    (`https://RES.openai.azure.com/openai/deployments/DEP`), an Azure resource endpoint, or an Azure
+    v1 URL (`https://RES.openai.azure.com/openai/v1`). Default: OpenAI."""
+    image_gen_oai_azure_api_version: str | None = Field(None, validation_alias=_env("IMAGE_GEN_OAI_AZURE_API_VERSION"))
+    """Azure OpenAI `api-version` (e.g. `2025-04-01-preview`); with a base URL it selects Azure mode."""
+    image_gen_oai_description: str | None = Field(None, validation_alias=_env("IMAGE_GEN_OAI_DESCRIPTION"))
+    """Replaces the description of `image_gen_oai` that the LLM reads."""
+    image_gen_oai_prompt_description: str | None = Field(
+        None, validation_alias=_env("IMAGE_GEN_OAI_PROMPT_DESCRIPTION")
+    )
+    """Replaces the description of the `prompt` parameter of `image_gen_oai`."""
+    image_edit_oai_description: str | None = Field(None, validation_alias=_env("IMAGE_EDIT_OAI_DESCRIPTION"))
+    """Replaces the description of `image_edit_oai` that the LLM reads."""
+    image_edit_oai_prompt_description: str | None = Field(
+        None, validation_alias=_env("IMAGE_EDIT_OAI_PROMPT_DESCRIPTION")
+    )
+    """Replaces the description of the `prompt` parameter of `image_edit_oai`."""
+
+    # --- shared LibreChat names ---------------------------------------------------------------
+    proxy: str | None = Field(None, validation_alias=_env("PROXY"))
+    """Outbound HTTP(S) proxy for every upstream call, e.g. `http://proxy:3128`."""
+    creds_key: SecretStr | None = Field(None, validation_alias=_env("CREDS_KEY"))
+    """Secret from which the key that encrypts users' stored provider keys is derived. Unset: a key
+    is generated once and kept in `LIMNER_DATA_DIR/creds.key`."""
+
+    # --- limner's own -------------------------------------------------------------------------
+    data_dir: Path = Field(default_factory=default_data_dir, validation_alias=_env("LIMNER_DATA_DIR"))
+    """Folder for the SQLite database, the image blobs and the generated credentials key.
+    Default: `$XDG_DATA_HOME/limner` or `~/.local/share/limner`."""
+    database_url: str | None = Field(None, validation_alias=_env("LIMNER_DATABASE_URL"))
+    """SQLAlchemy async URL of the database. Default: SQLite at `LIMNER_DATA_DIR/limner.db`."""
+    host: str = Field("127.0.0.1", validation_alias=_env("LIMNER_HOST"))
+    """Address `limner serve` listens on."""
+    port: int = Field(8480, ge=0, le=65535, validation_alias=_env("LIMNER_PORT"))
+    """Port `limner serve` listens on."""
+    sandbox: SandboxMode = Field(SandboxMode.AUTO, validation_alias=_env("LIMNER_SANDBOX"))
+    """`auto` (emulators only when no provider is configured at all), `on` (always, for every
+    family) or `off` (never)."""
+    sandbox_port: int = Field(0, ge=0, le=65535, validation_alias=_env("LIMNER_SANDBOX_PORT"))
+    """Port of the built-in emulators when they run inside `limner serve` (0: any free port)."""
+    max_upload_bytes: int = Field(25 * 1024 * 1024, gt=0, validation_alias=_env("LIMNER_MAX_UPLOAD_BYTES"))
+    """Largest accepted image file, for uploads and for bytes from providers and URLs."""
+    max_image_pixels: int = Field(40_000_000, gt=0, validation_alias=_env("LIMNER_MAX_IMAGE_PIXELS"))
+    """Largest accepted width x height; guards against decompression bombs."""
+    provider_timeout: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_PROVIDER_TIMEOUT"))
+    """Seconds before an upstream image call is abandoned (generations can take minutes)."""
+    provider_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("LIMNER_PROVIDER_MAX_RETRIES"))
+    """Retries of rate-limited or failed upstream calls (honouring `retry-after` up to 120 s)."""
+    fetch_allow_loopback: bool = Field(False, validation_alias=_env("LIMNER_FETCH_ALLOW_LOOPBACK"))
+    """Let the safe fetcher reach loopback addresses (for emulators on this machine; private networks
+    stay refused). The built-in sandbox allows its own URLs without this."""
+    local_user: str = Field("local", min_length=1, validation_alias=_env("LIMNER_LOCAL_USER"))
+    """Name of the user the CLI acts as when it works on the local data dir."""
+    log_level: str = Field("INFO", validation_alias=_env("LIMNER_LOG_LEVEL"))
+    """Log level of `limner serve` (DEBUG, INFO, WARNING, ERROR)."""
+
+    @field_validator("image_gen_oai_baseurl", "proxy", "database_url")
+    @classmethod
+    def _strip_url(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return upper
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database URL or the SQLite file inside the data dir."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'limner.db'}"
+
+    @classmethod
+    def env_names(cls) -> dict[str, list[str]]:
+        """Field name to the environment variable names it is read from (for docs and errors)."""
+        names: dict[str, list[str]] = {}
+        for name, field in cls.model_fields.items():
+            alias = field.validation_alias
+            names[name] = [str(a) for a in alias.choices] if isinstance(alias, AliasChoices) else [name]
+        return names
+
+
+def operator_key(secret: SecretStr | None) -> str | None:
+    """The operator's key, or None when it is unset, empty or ``user_provided``."""
+    if secret is None:
+        return None
+    value = secret.get_secret_value().strip()
+    return None if not value or value == USER_PROVIDED else value
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read the environment (and a LibreChat-style ``.env`` when present) into Settings.
+
+    Errors name the environment variable, not the Python field, because that is what operators edit.
+    """
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        env_names = Settings.env_names()
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = "/".join(env_names.get(field, [field]))
+            problems.append(f"{var}: {err['msg']}")
+        raise ConfigurationError(
+            "Invalid configuration: " + "; ".join(problems),
+            hint="Fix the named environment variables (or your .env file) and start again.",
+        ) from exc

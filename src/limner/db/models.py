@@ -1,0 +1,121 @@
+"""Database tables (SQLAlchemy 2.0 declarative). Image bytes are never here: only their storage keys.
+
+Changing a table means writing an Alembic migration in ``migrations/versions``; a test compares these
+models with the migrated schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+__all__ = ["ApiToken", "Base", "Credential", "Image", "ImageParent", "User", "utcnow"]
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now; every timestamp is UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """SQLite drops time zones; this puts UTC back so comparisons and JSON output are consistent."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None and value.tzinfo else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class User(Base):
+    """A person or the CLI's local user; owns images, tokens and credentials."""
+
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    password_hash: Mapped[str | None] = mapped_column(String(255), default=None)
+
+
+class ApiToken(Base):
+    """A bearer token; only the SHA-256 of the token is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Image(Base):
+    """The record of DESIGN §4: who owns it, where it came from, what it is, where its bytes are."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_owner_created", "owner_id", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    source: Mapped[str] = mapped_column(String(20))
+    backend: Mapped[str | None] = mapped_column(String(40), default=None)
+    endpoint: Mapped[str | None] = mapped_column(String(500), default=None)
+    model: Mapped[str | None] = mapped_column(String(200), default=None)
+    tool: Mapped[str | None] = mapped_column(String(200), default=None)
+    prompt: Mapped[str | None] = mapped_column(Text, default=None)
+    revised_prompt: Mapped[str | None] = mapped_column(Text, default=None)
+    parameters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    conversation_id: Mapped[str | None] = mapped_column(String(40), default=None, index=True)
+    message_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    is_sandbox: Mapped[bool] = mapped_column(Boolean, default=False)
+    original_name: Mapped[str | None] = mapped_column(String(255), default=None)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(40))
+    byte_size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    storage_key: Mapped[str] = mapped_column(String(200), index=True)
+
+
+class ImageParent(Base):
+    """Edit lineage. ``parent_id`` has no foreign key on purpose: lineage outlives a deleted parent."""
+
+    __tablename__ = "image_parents"
+
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    parent_id: Mapped[str] = mapped_column(String(40), index=True)
+    role: Mapped[str] = mapped_column(String(20), default="input")
+
+
+class Credential(Base):
+    """A user's own provider key, encrypted (see ``limner.keys``); never returned once saved."""
+
+    __tablename__ = "credentials"
+    __table_args__ = (UniqueConstraint("user_id", "provider", name="uq_credentials_user_provider"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(40))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,182 @@
+"""Repositories: every query about a user's things starts from one owner-scoped base statement.
+
+There is deliberately no method that fetches an image, a credential or a token by ID alone: the owner
+is part of the repository, so forgetting the ownership check is not possible. The few global queries
+(blob reference counts for the sweep, token lookup at sign-in) return no user data beyond what their
+caller needs, and are named for that purpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from limner.db.models import ApiToken, Credential, Image, ImageParent, User, utcnow
+from limner.ids import hash_token, new_row_id, new_user_id
+
+__all__ = ["CredentialRepository", "ImageRepository", "StorageKeyRepository", "UserRepository"]
+
+
+class ImageRepository:
+    """One owner's images."""
+
+    def __init__(self, session: AsyncSession, owner_id: str) -> None:
+        self.session = session
+        self.owner_id = owner_id
+
+    def _base(self) -> Select[Image]:
+        return select(Image).where(Image.owner_id == self.owner_id)
+
+    async def get(self, image_id: str) -> Image | None:
+        """The image if it exists and belongs to this owner; None either way otherwise."""
+        return (await self.session.execute(self._base().where(Image.id == image_id))).scalar_one_or_none()
+
+    async def get_many(self, image_ids: Sequence[str]) -> dict[str, Image]:
+        """The owned images among ``image_ids``, keyed by ID (missing ones are simply absent)."""
+        if not image_ids:
+            return {}
+        rows = await self.session.execute(self._base().where(Image.id.in_(list(image_ids))))
+        return {image.id: image for image in rows.scalars()}
+
+    async def recent(self, *, limit: int, before: str | None = None, source: str | None = None) -> list[Image]:
+        """Newest first; ``before`` is the last ID of the previous page (IDs sort by time)."""
+        stmt = self._base().order_by(Image.id.desc()).limit(limit)
+        if before:
+            stmt = stmt.where(Image.id < before)
+        if source:
+            stmt = stmt.where(Image.source == source)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def add(self, image: Image, parent_ids: Sequence[str] = (), roles: Sequence[str] = ()) -> None:
+        """Insert an image (forced to this owner) and its lineage."""
+        image.owner_id = self.owner_id
+        self.session.add(image)
+        for position, parent_id in enumerate(parent_ids):
+            role = roles[position] if position < len(roles) else "input"
+            self.session.add(ImageParent(image_id=image.id, position=position, parent_id=parent_id, role=role))
+        await self.session.flush()
+
+    async def parents(self, image_id: str) -> list[tuple[str, str, Image | None]]:
+        """Lineage of an owned image: (parent ID, role, the parent if it still exists and is owned)."""
+        if await self.get(image_id) is None:
+            return []
+        stmt = select(ImageParent).where(ImageParent.image_id == image_id).order_by(ImageParent.position)
+        links = list((await self.session.execute(stmt)).scalars())
+        found = await self.get_many([link.parent_id for link in links])
+        return [(link.parent_id, link.role, found.get(link.parent_id)) for link in links]
+
+    async def delete(self, image_id: str) -> Image | None:
+        """Delete an owned image's row; returns it (for its storage key) or None if not owned."""
+        image = await self.get(image_id)
+        if image is None:
+            return None
+        await self.session.execute(delete(ImageParent).where(ImageParent.image_id == image_id))
+        await self.session.delete(image)
+        await self.session.flush()
+        return image
+
+    async def count(self) -> int:
+        """How many images this owner has."""
+        stmt = select(func.count()).select_from(Image).where(Image.owner_id == self.owner_id)
+        return int((await self.session.execute(stmt)).scalar_one())
+
+
+class StorageKeyRepository:
+    """Global, content-free queries over storage keys for blob reference counting and the sweep."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def references(self, storage_key: str) -> int:
+        """How many rows (of any owner) point at a blob: content addressing shares blobs."""
+        stmt = select(func.count()).select_from(Image).where(Image.storage_key == storage_key)
+        return int((await self.session.execute(stmt)).scalar_one())
+
+    async def all_keys(self) -> set[str]:
+        """Every storage key referenced by a row (thumbnails derive from these)."""
+        return set((await self.session.execute(select(Image.storage_key).distinct())).scalars())
+
+
+class UserRepository:
+    """Users and their API tokens."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def by_name(self, name: str) -> User | None:
+        """A user by unique name."""
+        return (await self.session.execute(select(User).where(User.name == name))).scalar_one_or_none()
+
+    async def by_id(self, user_id: str) -> User | None:
+        """A user by ID (for sessions and tokens already checked)."""
+        return await self.session.get(User, user_id)
+
+    async def create(self, name: str, *, is_admin: bool = False, password_hash: str | None = None) -> User:
+        """A new user; the name must be free (the unique constraint enforces it)."""
+        user = User(id=new_user_id(), name=name, is_admin=is_admin, password_hash=password_hash)
+        self.session.add(user)
+        await self.session.flush()
+        return user
+
+    async def get_or_create(self, name: str) -> User:
+        """The CLI's local user appears on first use."""
+        return await self.by_name(name) or await self.create(name)
+
+    async def add_token(self, user: User, token: str, name: str = "") -> ApiToken:
+        """Store a token's hash; the token itself is only ever shown once, by the caller."""
+        row = ApiToken(id=new_row_id("tok"), user_id=user.id, name=name, token_hash=hash_token(token))
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def by_token(self, token: str) -> User | None:
+        """The user a bearer token belongs to, recording when it was last used."""
+        stmt = select(ApiToken).where(ApiToken.token_hash == hash_token(token))
+        row = (await self.session.execute(stmt)).scalar_one_or_none()
+        if row is None:
+            return None
+        row.last_used_at = utcnow()
+        return await self.session.get(User, row.user_id)
+
+
+class CredentialRepository:
+    """One user's encrypted provider keys."""
+
+    def __init__(self, session: AsyncSession, user_id: str) -> None:
+        self.session = session
+        self.user_id = user_id
+
+    def _base(self) -> Select[Credential]:
+        return select(Credential).where(Credential.user_id == self.user_id)
+
+    async def get(self, provider: str) -> Credential | None:
+        """The stored credential of ``provider`` for this user."""
+        stmt = self._base().where(Credential.provider == provider)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def put(self, provider: str, ciphertext: str) -> None:
+        """Insert or replace."""
+        existing = await self.get(provider)
+        if existing is None:
+            self.session.add(
+                Credential(id=new_row_id("crd"), user_id=self.user_id, provider=provider, ciphertext=ciphertext)
+            )
+        else:
+            existing.ciphertext = ciphertext
+            existing.updated_at = utcnow()
+        await self.session.flush()
+
+    async def remove(self, provider: str) -> bool:
+        """Delete; whether there was one."""
+        result = await self.session.execute(
+            delete(Credential).where(Credential.user_id == self.user_id, Credential.provider == provider)
+        )
+        return bool(getattr(result, "rowcount", 0))
+
+    async def providers(self) -> dict[str, datetime]:
+        """Which providers have a stored key, with when it was last set (never the key)."""
+        rows = await self.session.execute(self._base())
+        return {row.provider: row.updated_at for row in rows.scalars()}

@@ -1,0 +1,237 @@
+"""The whole error tree of limner, translated to each front end's form only at the edges.
+
+```
+LimnerError                         .message (safe to show)  .hint (what to do)  .code (stable snake_case)
+├── ConfigurationError              an operator or user must change a setting
+│   └── MissingCredentialsError     names the env var AND the UI key setting
+├── InputError                      the request cannot be served as asked
+│   ├── ImageNotFoundError          unknown or not owned: one message, one status
+│   ├── UnsupportedImageError       content is not an accepted image
+│   ├── ImageTooLargeError
+│   ├── UnsafeURLError              scheme, private address, redirect, size
+│   └── UnsupportedOperationError   not in the model's profile
+├── ProviderError                   .provider .endpoint .status_code .retry_after .request_id
+│   ├── ProviderAuthError           upstream rejected the key
+│   ├── ProviderQuotaError          billing, credits
+│   ├── ProviderRateLimitError
+│   ├── ContentPolicyError          refused by the provider's moderation
+│   ├── ProviderRequestError        the upstream refused our parameters, model or deployment (4xx)
+│   ├── ProviderUnavailableError    timeouts, connection errors, 5xx
+│   └── ProviderResponseError       a 2xx answer without the expected shape
+└── StorageError
+```
+
+Messages are written for the person reading them (a chat user, an operator, the LLM): they say what
+failed and, in ``hint``, what to do. They never contain secrets or raw upstream bodies; callers pass
+upstream text through :func:`redact` first. ``code`` values are API: never rename them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+__all__ = [
+    "ConfigurationError",
+    "ContentPolicyError",
+    "ImageNotFoundError",
+    "ImageTooLargeError",
+    "InputError",
+    "LimnerError",
+    "MissingCredentialsError",
+    "ProviderAuthError",
+    "ProviderError",
+    "ProviderQuotaError",
+    "ProviderRateLimitError",
+    "ProviderRequestError",
+    "ProviderResponseError",
+    "ProviderUnavailableError",
+    "StorageError",
+    "UnsafeURLError",
+    "UnsupportedImageError",
+    "UnsupportedOperationError",
+    "redact",
+]
+
+
+class LimnerError(Exception):
+    """Base of every error a user can meet; carries a safe message, a hint and a stable code."""
+
+    code: ClassVar[str] = "limner_error"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}" if self.hint else self.message
+
+    def to_dict(self) -> dict[str, str | None]:
+        """The one error shape every front end shows (DESIGN §5)."""
+        return {"code": self.code, "message": self.message, "hint": self.hint, "provider": None}
+
+
+class ConfigurationError(LimnerError):
+    """An operator or a user must change a setting before this can work."""
+
+    code = "configuration_error"
+
+
+class MissingCredentialsError(ConfigurationError):
+    """No key anywhere: names both the operator's variable and the user's key setting."""
+
+    code = "missing_credentials"
+
+    def __init__(self, *, provider: str, env_var: str, tool: str) -> None:
+        super().__init__(
+            f"No API key is configured for {tool}.",
+            hint=(
+                f"An operator can set {env_var}; otherwise enter your own key for '{provider}' "
+                f"in Settings (PUT /api/keys/{provider})."
+            ),
+        )
+        self.provider = provider
+        self.env_var = env_var
+
+
+class InputError(LimnerError):
+    """The request cannot be served as asked; changing the request fixes it."""
+
+    code = "invalid_input"
+
+
+class ImageNotFoundError(InputError):
+    """Unknown or not owned: deliberately indistinguishable, so IDs leak nothing."""
+
+    code = "image_not_found"
+
+    def __init__(self, image_id: str) -> None:
+        super().__init__(
+            f"No image with ID {image_id!r} was found.",
+            hint="Use an image ID from this conversation or from image_list; do not invent IDs.",
+        )
+        self.image_id = image_id
+
+
+class UnsupportedImageError(InputError):
+    """The bytes are not an image we accept, whatever their name or declared type says."""
+
+    code = "unsupported_image"
+
+
+class ImageTooLargeError(InputError):
+    """Over the byte cap or the pixel cap (decompression bombs)."""
+
+    code = "image_too_large"
+
+
+class UnsafeURLError(InputError):
+    """A URL the safe fetcher refused: scheme, address, redirect or size."""
+
+    code = "unsafe_url"
+
+
+class UnsupportedOperationError(InputError):
+    """A value the model's profile does not allow; the message names what is allowed."""
+
+    code = "unsupported_operation"
+
+
+class ProviderError(LimnerError):
+    """The upstream image service failed; carries who failed and how, never the key."""
+
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        hint: str | None = None,
+        endpoint: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.provider = provider
+        self.endpoint = endpoint
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.request_id = request_id
+
+    def to_dict(self) -> dict[str, str | None]:
+        """Adds the provider to the shared error shape."""
+        out = super().to_dict()
+        out["provider"] = self.provider
+        return out
+
+
+class ProviderAuthError(ProviderError):
+    """The upstream rejected the key (never an HTTP 401 from limner: that would sign the user out)."""
+
+    code = "provider_auth_failed"
+
+
+class ProviderQuotaError(ProviderError):
+    """Billing or credits are exhausted; retrying does not help."""
+
+    code = "provider_quota_exceeded"
+
+
+class ProviderRateLimitError(ProviderError):
+    """Too many requests for now; ``retry_after`` says how long to wait when the upstream said so."""
+
+    code = "provider_rate_limited"
+
+
+class ContentPolicyError(ProviderError):
+    """The provider's moderation refused the prompt, an input image or the result."""
+
+    code = "content_policy"
+
+
+class ProviderRequestError(ProviderError):
+    """The upstream refused what we sent (a parameter, an unknown model, an Azure deployment or
+    api-version that does not exist); the hint names the setting or argument to change.
+    """
+
+    code = "provider_rejected_request"
+
+
+class ProviderUnavailableError(ProviderError):
+    """Timeouts, refused connections and 5xx: the service, not the request, is at fault."""
+
+    code = "provider_unavailable"
+
+
+class ProviderResponseError(ProviderError):
+    """A success status with a body we cannot use (no image data, malformed JSON)."""
+
+    code = "provider_bad_response"
+
+
+class StorageError(LimnerError):
+    """The blob store or the database could not keep an image; nothing half-written is left."""
+
+    code = "storage_error"
+
+
+_SECRET_PATTERNS = (
+    re.compile(r"(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(?i)((?:api[-_]?key|authorization|bearer|token|secret|password)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    re.compile(r"(data:[a-z/+.-]+;base64,)[A-Za-z0-9+/=]{32,}"),
+)
+
+
+def redact(text: str, *, limit: int = 500) -> str:
+    """Strip keys, bearer tokens and base64 payloads from upstream text before it is logged or shown.
+
+    Upstream error bodies sometimes echo part of the key or a whole image; neither may reach a log, the
+    LLM or an API response. The result is also cut to ``limit`` characters.
+    """
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(r"\1[redacted]", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

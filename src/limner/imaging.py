@@ -1,0 +1,183 @@
+"""Image bytes: content sniffing, validation, orientation, thumbnails and masks.
+
+Every image that enters limner (an upload, a provider's answer, an MCP result, a fetched URL) passes
+:func:`validate_image` before it is stored: the decision is made from the bytes, never from a file name
+or a declared type. The pixel cap is checked from the header before any pixel is decoded, so a
+decompression bomb costs nothing. All Pillow work is CPU work and runs in a worker thread through the
+``async`` wrappers; the ``*_sync`` functions exist for those threads and for tests.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import anyio.to_thread
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from limner.errors import ImageTooLargeError, UnsupportedImageError
+
+__all__ = [
+    "ACCEPTED_MEDIA_TYPES",
+    "ImageInfo",
+    "extension_for",
+    "make_thumbnail",
+    "prepare_mask",
+    "sniff_media_type",
+    "validate_image",
+    "validate_image_sync",
+]
+
+# Our own pixel cap is checked before decoding (see validate_image_sync); Pillow's global one would
+# only warn or raise with a different message, and warnings are errors in the test-suite.
+Image.MAX_IMAGE_PIXELS = None
+
+ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
+_PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
+_ORIENTATION_TAG = 0x0112
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """A validated image: the bytes to store (re-oriented if they needed it) and what they are."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+
+def sniff_media_type(data: bytes) -> str | None:
+    """The media type from the magic bytes, or None when it is not one we accept."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def extension_for(media_type: str) -> str:
+    """File extension for an accepted media type (for exports and downloads)."""
+    return _EXTENSIONS.get(media_type, "bin")
+
+
+def validate_image_sync(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Check bytes by content and return what to store; raise a specific InputError otherwise."""
+    if not data:
+        raise UnsupportedImageError("The file is empty.", hint="Send a PNG, JPEG, WebP or GIF image.")
+    if len(data) > max_bytes:
+        raise ImageTooLargeError(
+            f"The image is {len(data):,} bytes; the limit is {max_bytes:,} bytes.",
+            hint="Send a smaller image or ask the operator to raise LIMNER_MAX_UPLOAD_BYTES.",
+        )
+    media_type = sniff_media_type(data)
+    if media_type is None:
+        raise UnsupportedImageError(
+            "The file is not a PNG, JPEG, WebP or GIF image (checked by content, not by name).",
+            hint="Send one of the accepted image formats.",
+        )
+    with _open(data, media_type) as im:
+        _check_pixels(im.width, im.height, max_pixels)
+        _decode_fully(im, media_type)
+        rotated = _apply_orientation(im, media_type)
+        width, height = (rotated.width, rotated.height) if rotated is not None else im.size
+    stored = _encode_like(rotated, media_type) if rotated is not None else data
+    return ImageInfo(data=stored, media_type=media_type, width=width, height=height)
+
+
+async def validate_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """:func:`validate_image_sync` in a worker thread (decoding must not block the event loop)."""
+    return await anyio.to_thread.run_sync(lambda: validate_image_sync(data, max_bytes=max_bytes, max_pixels=max_pixels))
+
+
+def _open(data: bytes, media_type: str) -> Image.Image:
+    try:
+        im = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnsupportedImageError(
+            f"The {media_type} image could not be read: it is damaged or incomplete.",
+            hint="Send the complete, undamaged file.",
+        ) from exc
+    if _PIL_FORMATS.get(im.format or "") != media_type:
+        im.close()
+        raise UnsupportedImageError("The image's content does not match its format.", hint=None)
+    return im
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width <= 0 or height <= 0:
+        raise UnsupportedImageError("The image has no pixels.")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"The image is {width}x{height} ({width * height:,} pixels); the limit is {max_pixels:,} pixels.",
+            hint="Send a smaller image or ask the operator to raise LIMNER_MAX_IMAGE_PIXELS.",
+        )
+
+
+def _decode_fully(im: Image.Image, media_type: str) -> None:
+    """Decode every pixel: a truncated or corrupt file fails here rather than in a viewer later."""
+    try:
+        im.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UnsupportedImageError(
+            f"The {media_type} image is damaged or truncated.", hint="Send the complete file."
+        ) from exc
+
+
+def _apply_orientation(im: Image.Image, media_type: str) -> Image.Image | None:
+    """Return an upright copy when EXIF says the pixels are rotated, else None (keep the bytes)."""
+    if media_type == "image/gif":
+        return None
+    orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    if orientation in (None, 1):
+        return None
+    return ImageOps.exif_transpose(im)
+
+
+def _encode_like(im: Image.Image, media_type: str) -> bytes:
+    out = io.BytesIO()
+    fmt = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}[media_type]
+    options: dict[str, object] = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    im.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def _thumbnail_sync(data: bytes, max_side: int) -> bytes:
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (max_side, max_side))  # JPEG decodes at a reduced scale: much faster
+        frame = im.convert("RGBA") if im.mode in ("P", "LA", "PA", "RGBA") else im.convert("RGB")
+        frame.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        frame.save(out, format="WEBP", quality=80, method=4)
+        return out.getvalue()
+
+
+async def make_thumbnail(data: bytes, max_side: int = 256) -> bytes:
+    """A small WebP for listings and the side panel, made in a worker thread."""
+    return await anyio.to_thread.run_sync(lambda: _thumbnail_sync(data, max_side))
+
+
+def _mask_sync(mask: bytes, size: tuple[int, int]) -> bytes:
+    with Image.open(io.BytesIO(mask)) as im:
+        has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        if not has_alpha:
+            raise UnsupportedImageError(
+                "The mask has no transparency: the area to edit must be fully transparent (alpha 0).",
+                hint="Send a PNG whose transparent pixels mark where the image may change.",
+            )
+        rgba = im.convert("RGBA")
+        if rgba.size != size:
+            rgba = rgba.resize(size, Image.Resampling.NEAREST)
+        out = io.BytesIO()
+        rgba.save(out, format="PNG", compress_level=1)
+        return out.getvalue()
+
+
+async def prepare_mask(mask: bytes, size: tuple[int, int]) -> bytes:
+    """An RGBA PNG mask of exactly ``size``: providers require it to match the first image."""
+    return await anyio.to_thread.run_sync(lambda: _mask_sync(mask, size))

@@ -1,0 +1,334 @@
+"""ImageLibrary: the only code that writes images, and the owner-checked way to read them.
+
+Saving validates the bytes by content, writes the blob atomically under its content address, then inserts
+the rows in one unit of work: a crash between the two leaves at most a blob without a row, which
+:meth:`ImageLibrary.sweep` removes; never a row without its blob. Every read starts from the owner: an ID
+that is unknown and an ID that belongs to someone else raise the same ``ImageNotFoundError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+from pydantic import BaseModel, ConfigDict
+
+from limner.backends.base import ImageOutput
+from limner.db.models import Image
+from limner.db.repositories import ImageRepository, StorageKeyRepository
+from limner.db.session import Database
+from limner.errors import ImageNotFoundError
+from limner.ids import is_image_id, new_image_id, normalise_image_id
+from limner.imaging import ImageInfo, make_thumbnail, validate_image_sync
+from limner.net import FetchPolicy, safe_fetch
+from limner.storage import BlobStore
+
+__all__ = ["ImageLibrary", "ImageLimits", "ImageRecord", "ParentLink", "Provenance", "SweepReport"]
+
+log = logging.getLogger(__name__)
+
+_LOCK_STRIPES = 64
+THUMBNAIL_SIDE = 256
+
+
+class ImageRecord(BaseModel):
+    """What callers see of a stored image (the storage key stays inside the library)."""
+
+    model_config = ConfigDict(from_attributes=True, frozen=True)
+
+    id: str
+    owner_id: str
+    created_at: datetime
+    source: str
+    backend: str | None
+    endpoint: str | None
+    model: str | None
+    tool: str | None
+    prompt: str | None
+    revised_prompt: str | None
+    parameters: dict[str, Any]
+    usage: dict[str, Any] | None
+    conversation_id: str | None
+    message_id: str | None
+    is_sandbox: bool
+    original_name: str | None
+    width: int
+    height: int
+    media_type: str
+    byte_size: int
+    sha256: str
+
+
+class ParentLink(BaseModel):
+    """One step of edit lineage; ``image`` is None when the parent was deleted since."""
+
+    id: str
+    role: str
+    image: ImageRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where images come from; stored with each record."""
+
+    source: str
+    tool: str | None = None
+    backend: str | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    parent_ids: tuple[str, ...] = ()
+    parent_roles: tuple[str, ...] = ()
+    conversation_id: str | None = None
+    message_id: str | None = None
+    is_sandbox: bool = False
+    original_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageLimits:
+    """Caps applied to every image that enters the library."""
+
+    max_bytes: int
+    max_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What a sweep removed or found."""
+
+    orphan_blobs_removed: int
+    temporaries_removed: int
+    rows_missing_blobs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    info: ImageInfo
+    sha256: str
+    output: ImageOutput
+
+
+class ImageLibrary:
+    """Saves, reads, lists and deletes images, always on behalf of one owner."""
+
+    def __init__(self, db: Database, store: BlobStore, limits: ImageLimits, fetch_policy: FetchPolicy) -> None:
+        self.db = db
+        self.store = store
+        self.limits = limits
+        self.fetch_policy = fetch_policy
+        self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
+
+    # --- writing -------------------------------------------------------------------------------
+
+    async def save(
+        self,
+        owner_id: str,
+        outputs: Sequence[ImageOutput],
+        provenance: Provenance,
+        *,
+        fetch_policy: FetchPolicy | None = None,
+    ) -> list[ImageRecord]:
+        """Validate and store every output (all or none); returns the new records in order."""
+        prepared = [await self._prepare(output, fetch_policy or self.fetch_policy) for output in outputs]
+        keys = [_storage_key(p.sha256) for p in prepared]
+        async with self._locked(keys):
+            for item, key in zip(prepared, keys, strict=True):
+                if not await self.store.exists(key):
+                    await self.store.put(key, item.info.data)
+            try:
+                rows = await self._insert(owner_id, prepared, keys, provenance)
+            except BaseException:
+                await self._forget_unreferenced(keys)
+                raise
+        return [ImageRecord.model_validate(row) for row in rows]
+
+    async def _prepare(self, output: ImageOutput, policy: FetchPolicy) -> _Prepared:
+        data = output.data
+        if data is None:
+            assert output.url is not None  # guaranteed by ImageOutput's validator
+            data = (await safe_fetch(output.url, policy=policy)).data
+        info, digest = await anyio.to_thread.run_sync(lambda: self._validate_and_hash(data))
+        return _Prepared(info=info, sha256=digest, output=output)
+
+    def _validate_and_hash(self, data: bytes) -> tuple[ImageInfo, str]:
+        info = validate_image_sync(data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels)
+        return info, hashlib.sha256(info.data).hexdigest()
+
+    async def _insert(
+        self, owner_id: str, prepared: list[_Prepared], keys: list[str], provenance: Provenance
+    ) -> list[Image]:
+        rows = []
+        async with self.db.unit_of_work() as session:
+            repo = ImageRepository(session, owner_id)
+            for item, key in zip(prepared, keys, strict=True):
+                row = _new_row(item, key, provenance)
+                await repo.add(row, provenance.parent_ids, provenance.parent_roles)
+                rows.append(row)
+        return rows
+
+    async def _forget_unreferenced(self, keys: Sequence[str]) -> None:
+        """After a failed insert, remove blobs that no row points at (best effort; the sweep is the net)."""
+        try:
+            async with self.db.unit_of_work() as session:
+                refs = StorageKeyRepository(session)
+                unreferenced = [key for key in set(keys) if await refs.references(key) == 0]
+            for key in unreferenced:
+                await self.store.delete(key)
+        except Exception:
+            log.exception("could not clean up blobs after a failed save; the sweep will")
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def get(self, owner_id: str, image_id: str) -> ImageRecord:
+        """One owned image's record."""
+        return (await self.get_many(owner_id, [image_id]))[0]
+
+    async def get_many(self, owner_id: str, image_ids: Sequence[str]) -> list[ImageRecord]:
+        """Owned records in the order asked; the first unknown or foreign ID raises ImageNotFoundError."""
+        return [ImageRecord.model_validate(row) for row in await self._rows(owner_id, image_ids)]
+
+    async def _rows(self, owner_id: str, image_ids: Sequence[str]) -> list[Image]:
+        wanted = [normalise_image_id(i) for i in image_ids]
+        for raw, image_id in zip(image_ids, wanted, strict=True):
+            if not is_image_id(image_id):
+                raise ImageNotFoundError(raw)
+        async with self.db.unit_of_work() as session:
+            found = await ImageRepository(session, owner_id).get_many(wanted)
+        for image_id in wanted:
+            if image_id not in found:
+                raise ImageNotFoundError(image_id)
+        return [found[image_id] for image_id in wanted]
+
+    async def read_many(self, owner_id: str, image_ids: Sequence[str]) -> list[tuple[ImageRecord, bytes]]:
+        """Owned records with their bytes, for edits and vision."""
+        rows = await self._rows(owner_id, image_ids)
+        return [(ImageRecord.model_validate(row), await self.store.get(row.storage_key)) for row in rows]
+
+    async def content_path(self, owner_id: str, image_id: str) -> tuple[ImageRecord, Path | None, bytes | None]:
+        """Where to stream an owned image from: a local path when the store has one, else its bytes."""
+        row = (await self._rows(owner_id, [image_id]))[0]
+        path = self.store.local_path(row.storage_key)
+        data = None if path is not None else await self.store.get(row.storage_key)
+        return ImageRecord.model_validate(row), path, data
+
+    async def recent(
+        self, owner_id: str, *, limit: int = 20, before: str | None = None, source: str | None = None
+    ) -> list[ImageRecord]:
+        """Newest first, paginated by the last ID of the previous page."""
+        async with self.db.unit_of_work() as session:
+            rows = await ImageRepository(session, owner_id).recent(limit=limit, before=before, source=source)
+        return [ImageRecord.model_validate(row) for row in rows]
+
+    async def parents(self, owner_id: str, image_id: str) -> list[ParentLink]:
+        """The lineage of an owned image (raises ImageNotFoundError when not owned)."""
+        await self._rows(owner_id, [image_id])
+        async with self.db.unit_of_work() as session:
+            links = await ImageRepository(session, owner_id).parents(normalise_image_id(image_id))
+        return [
+            ParentLink(id=pid, role=role, image=None if row is None else ImageRecord.model_validate(row))
+            for pid, role, row in links
+        ]
+
+    async def thumbnail(self, owner_id: str, image_id: str) -> bytes:
+        """A WebP thumbnail, made on first request and kept beside the blob."""
+        row = (await self._rows(owner_id, [image_id]))[0]
+        key = _thumbnail_key(row.sha256)
+        if await self.store.exists(key):
+            return await self.store.get(key)
+        thumb = await make_thumbnail(await self.store.get(row.storage_key), THUMBNAIL_SIDE)
+        await self.store.put(key, thumb)
+        return thumb
+
+    # --- deleting ------------------------------------------------------------------------------
+
+    async def delete(self, owner_id: str, image_id: str) -> None:
+        """Delete an owned image; its blob goes when no other record (of anyone) shares it."""
+        row = (await self._rows(owner_id, [image_id]))[0]
+        async with self._locked([row.storage_key]):
+            async with self.db.unit_of_work() as session:
+                await ImageRepository(session, owner_id).delete(row.id)
+                remaining = await StorageKeyRepository(session).references(row.storage_key)
+            if remaining == 0:
+                await self.store.delete(row.storage_key)
+                await self.store.delete(_thumbnail_key(row.sha256))
+
+    async def sweep(self, min_age: float = 3600.0) -> SweepReport:
+        """Remove blobs no row points at (older than ``min_age`` s, so in-flight saves are safe)."""
+        async with self.db.unit_of_work() as session:
+            referenced = await StorageKeyRepository(session).all_keys()
+        referenced_shas = {key.rsplit("/", 1)[-1] for key in referenced}
+        cutoff, removed, seen = time.time() - min_age, 0, set()
+        async for key, mtime in self.store.iter_keys():
+            seen.add(key)
+            sha = key.rsplit("/", 1)[-1].split(".", 1)[0]
+            if key not in referenced and sha not in referenced_shas and mtime <= cutoff:
+                await self.store.delete(key)
+                removed += 1
+        temporaries = await self.store.remove_stale_temporaries(min_age)
+        missing = sorted(referenced - seen)
+        if missing:
+            log.error("%d image records point at missing blobs", len(missing))
+        return SweepReport(orphan_blobs_removed=removed, temporaries_removed=temporaries, rows_missing_blobs=missing)
+
+    def _locked(self, keys: Sequence[str]) -> _MultiLock:
+        stripes = sorted({hash(key) % _LOCK_STRIPES for key in keys})
+        return _MultiLock([self._locks[i] for i in stripes])
+
+
+class _MultiLock:
+    """Acquire several stripe locks in a fixed order (no deadlock between concurrent saves)."""
+
+    def __init__(self, locks: list[asyncio.Lock]) -> None:
+        self.locks = locks
+
+    async def __aenter__(self) -> None:
+        for lock in self.locks:
+            await lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+
+
+def _storage_key(sha256: str) -> str:
+    return f"images/{sha256[:2]}/{sha256}"
+
+
+def _thumbnail_key(sha256: str) -> str:
+    return f"thumbs/{sha256[:2]}/{sha256}.w{THUMBNAIL_SIDE}"
+
+
+def _new_row(item: _Prepared, key: str, provenance: Provenance) -> Image:
+    usage = item.output.provider_details.get("usage")
+    return Image(
+        id=new_image_id(),
+        source=provenance.source,
+        backend=provenance.backend,
+        endpoint=provenance.endpoint,
+        model=provenance.model,
+        tool=provenance.tool,
+        prompt=provenance.prompt,
+        revised_prompt=item.output.revised_prompt,
+        parameters=dict(provenance.parameters),
+        usage=usage if isinstance(usage, dict) else None,
+        conversation_id=provenance.conversation_id,
+        message_id=provenance.message_id,
+        is_sandbox=provenance.is_sandbox,
+        original_name=provenance.original_name,
+        width=item.info.width,
+        height=item.info.height,
+        media_type=item.info.media_type,
+        byte_size=len(item.info.data),
+        sha256=item.sha256,
+        storage_key=key,
+    )

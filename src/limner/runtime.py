@@ -1,0 +1,220 @@
+"""Runtime: everything a front end needs, built from Settings and closed in one place.
+
+The HTTP app's lifespan, the CLI and the MCP server all open a :class:`Runtime`: it migrates the
+database, opens the blob store and the key ring, decides whether the built-in emulators stand in for the
+providers (DESIGN: never silently for a family an operator configured), builds one HTTP client per
+backend, and offers the tool families. It sits with the front ends in the layer map: it may import every
+layer below, including ``sandbox``, and nothing below imports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+from pydantic import SecretStr
+
+from limner.backends.openai_images import OpenAIEndpoint, OpenAIImagesBackend, SettingNames
+from limner.config import SandboxMode, Settings
+from limner.db.session import Database
+from limner.keys import KeyRing, KeySource, load_cipher
+from limner.library import ImageLibrary, ImageLimits
+from limner.net import FetchPolicy, create_http_client
+from limner.storage import LocalBlobStore
+from limner.tools.base import ToolSpec
+from limner.tools.family import Family, FamilyStatus
+from limner.tools.library import library_tools
+from limner.tools.openai import OpenAIDescriptions, OpenAIImageFamily
+
+__all__ = ["Runtime", "SandboxInfo"]
+
+log = logging.getLogger(__name__)
+
+SANDBOX_KEY = "sk-sandbox"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """Where the built-in emulators run, when they do."""
+
+    base_url: str
+    urls: dict[str, str]
+    reason: str
+
+
+class Runtime:
+    """Settings, database, storage, library, keys and tool families of one running limner."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        library: ImageLibrary,
+        keyring: KeyRing,
+        families: Sequence[Family],
+        sandbox: SandboxInfo | None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.library = library
+        self.keyring = keyring
+        self.families = {family.id: family for family in families}
+        self.sandbox = sandbox
+        self._library_tools = library_tools()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
+        """Build everything; on exit close clients, stop the emulators and dispose of the engine."""
+        async with AsyncExitStack() as stack:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db = Database(settings.resolved_database_url)
+            stack.push_async_callback(db.dispose)
+            await db.upgrade()
+            keyring = KeyRing(db, await load_cipher(settings.creds_key, settings.data_dir))
+            policy = FetchPolicy(
+                max_bytes=settings.max_upload_bytes,
+                allow_loopback=settings.fetch_allow_loopback,
+                proxy=settings.proxy,
+            )
+            library = ImageLibrary(
+                db,
+                LocalBlobStore(settings.data_dir / "blobs"),
+                ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
+                policy,
+            )
+            sandbox = await _start_sandbox(settings, stack)
+            families = [await _openai_family(settings, sandbox, stack)]
+            yield cls(settings=settings, db=db, library=library, keyring=keyring, families=families, sandbox=sandbox)
+
+    def tools(self) -> dict[str, ToolSpec[Any]]:
+        """Every tool that can run now, by wire name."""
+        found = {spec.name: spec for spec in self._library_tools}
+        for family in self.families.values():
+            if family.status.available:
+                found.update({spec.name: spec for spec in family.tools()})
+        return found
+
+    def all_tools(self) -> list[tuple[ToolSpec[Any], FamilyStatus | None]]:
+        """Every tool, available or not, with its family's status (library tools have none)."""
+        listed: list[tuple[ToolSpec[Any], FamilyStatus | None]] = [(s, None) for s in self._library_tools]
+        for family in self.families.values():
+            listed += [(spec, family.status) for spec in family.tools()]
+        return listed
+
+    def key_sources(self) -> dict[str, KeySource]:
+        """Families that take a key, by provider name (the ``{provider}`` of ``/api/keys``)."""
+        return {fid: f.key_source for fid, f in self.families.items() if f.key_source is not None}
+
+
+def any_provider_configured(settings: Settings) -> bool:
+    """Whether the operator configured any image provider (then ``auto`` keeps the sandbox off)."""
+    return settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
+
+
+def _sandbox_reason(settings: Settings) -> str | None:
+    if settings.sandbox is SandboxMode.ON:
+        return "LIMNER_SANDBOX=on"
+    if settings.sandbox is SandboxMode.AUTO and not any_provider_configured(settings):
+        return "no image provider is configured"
+    return None
+
+
+async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxInfo | None:
+    reason = _sandbox_reason(settings)
+    if reason is None:
+        return None
+    from limner.sandbox.server import serve_sandbox
+
+    running = await stack.enter_async_context(serve_sandbox(port=settings.sandbox_port))
+    log.warning(
+        "SANDBOX: %s, so every image tool talks to limner's built-in emulators at %s. Images are "
+        "deterministic test renders, marked as sandbox-made. Configure a provider (e.g. IMAGE_GEN_OAI_API_KEY) "
+        "for real images.",
+        reason,
+        running.base_url,
+    )
+    return SandboxInfo(base_url=running.base_url, urls=dict(running.urls), reason=reason)
+
+
+async def _http_client(settings: Settings, stack: AsyncExitStack, *, sandbox: bool) -> httpx2.AsyncClient:
+    client = create_http_client(timeout=settings.provider_timeout, proxy=None if sandbox else settings.proxy)
+    stack.push_async_callback(client.aclose)
+    return client
+
+
+async def _openai_family(settings: Settings, sandbox: SandboxInfo | None, stack: AsyncExitStack) -> OpenAIImageFamily:
+    descriptions = OpenAIDescriptions(
+        generate=settings.image_gen_oai_description,
+        generate_prompt=settings.image_gen_oai_prompt_description,
+        edit=settings.image_edit_oai_description,
+        edit_prompt=settings.image_edit_oai_prompt_description,
+    )
+    model = settings.image_gen_oai_model
+    configured = settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
+    common: dict[str, Any] = {"model": model, "descriptions": descriptions}
+    if sandbox is not None:
+        backend = OpenAIImagesBackend(
+            endpoint=OpenAIEndpoint.resolve(sandbox.urls["openai"], None, SettingNames()),
+            http_client=await _http_client(settings, stack, sandbox=True),
+            timeout=settings.provider_timeout,
+            max_retries=settings.provider_max_retries,
+            is_sandbox=True,
+        )
+        source = KeySource("image_gen_oai", "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", SecretStr(SANDBOX_KEY))
+        status = _status(backend, model, source, sandbox=True, reason=f"sandbox: {sandbox.reason}")
+        policy = FetchPolicy(max_bytes=settings.max_upload_bytes, allow_loopback=True)
+        return OpenAIImageFamily(backend=backend, key_source=source, status=status, fetch_policy=policy, **common)
+    source = KeySource(
+        "image_gen_oai", "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", settings.image_gen_oai_api_key
+    )
+    if not configured:
+        status = FamilyStatus(
+            id="image_gen_oai",
+            title=OpenAIImageFamily.title,
+            available=False,
+            reason="IMAGE_GEN_OAI_API_KEY is not set (set a key, or user_provided to let each user enter theirs)",
+            model=model,
+        )
+        return OpenAIImageFamily(backend=None, key_source=source, status=status, **common)
+    endpoint = OpenAIEndpoint.resolve(
+        settings.image_gen_oai_baseurl, settings.image_gen_oai_azure_api_version, SettingNames()
+    )
+    backend = OpenAIImagesBackend(
+        endpoint=endpoint,
+        http_client=await _http_client(settings, stack, sandbox=False),
+        timeout=settings.provider_timeout,
+        max_retries=settings.provider_max_retries,
+    )
+    _warn_retired(backend, model)
+    status = _status(backend, model, source, sandbox=False, reason=None)
+    return OpenAIImageFamily(backend=backend, key_source=source, status=status, **common)
+
+
+def _status(
+    backend: OpenAIImagesBackend, model: str, source: KeySource, *, sandbox: bool, reason: str | None
+) -> FamilyStatus:
+    return FamilyStatus(
+        id="image_gen_oai",
+        title=OpenAIImageFamily.title,
+        available=True,
+        reason=reason,
+        is_sandbox=sandbox,
+        accepts_user_key=not sandbox and source.operator_key is None,
+        has_operator_key=source.operator_key is not None,
+        backend=backend.backend_name,
+        endpoint=backend.endpoint,
+        model=model,
+        details={"model_status": backend.profile(model).status},
+    )
+
+
+def _warn_retired(backend: OpenAIImagesBackend, model: str) -> None:
+    status = backend.profile(model).status
+    if status != "available":
+        log.warning("IMAGE_GEN_OAI_MODEL=%s: %s", model, status)
