@@ -34,7 +34,7 @@ from limner.ids import new_api_token
 from limner.imaging import extension_for
 from limner.library import ImageRecord, Provenance
 from limner.runtime import Runtime
-from limner.tools.base import ToolContext, run_tool
+from limner.tools.base import run_tool
 
 __all__ = ["EXIT_CODES", "app", "main"]
 
@@ -80,27 +80,37 @@ def _settings() -> Settings:
     return load_settings()
 
 
+def _fail(exc: LimnerError) -> typer.Exit:
+    err_console.print(f"[bold red]Error:[/] {exc.message}", soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"[yellow]What to do:[/] {exc.hint}", soft_wrap=True)
+    return typer.Exit(exit_code_for(exc))
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine; LimnerErrors become a message, a hint and their exit code."""
     try:
         return asyncio.run(coro)
     except LimnerError as exc:
-        err_console.print(f"[bold red]Error:[/] {exc.message}")
-        if exc.hint:
-            err_console.print(f"[yellow]What to do:[/] {exc.hint}")
         if _state["debug"]:
             raise
-        raise typer.Exit(exit_code_for(exc)) from None
+        raise _fail(exc) from None
 
 
-async def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, spinner: str | None = None) -> T:
-    async with Runtime.open(_settings()) as runtime:
-        if runtime.sandbox is not None:
-            err_console.print(f"[dim]sandbox: {runtime.sandbox.reason}; using the built-in emulators[/]")
-        if spinner is None:
+def _with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
+    """Open the local runtime (settings read before the event loop starts) and run ``work`` in it."""
+    try:
+        settings = _settings()
+    except LimnerError as exc:
+        raise _fail(exc) from None
+
+    async def main() -> T:
+        async with Runtime.open(settings) as runtime:
+            if runtime.sandbox is not None:
+                err_console.print(f"[dim]sandbox: {runtime.sandbox.reason}; using the built-in emulators[/]")
             return await work(runtime)
-        with err_console.status(spinner):
-            return await work(runtime)
+
+    return _run(main())
 
 
 async def _local_user_id(runtime: Runtime) -> str:
@@ -185,7 +195,7 @@ async def _run_tool_locally(runtime: Runtime, tool: str, arguments: dict[str, An
         raise ConfigurationError(f"The tool {tool} is not available: {reason}.")
     user_id = await _local_user_id(runtime)
     with err_console.status(f"{tool}: waiting for the image service…"):
-        result = await run_tool(spec, arguments, ToolContext(user_id=user_id, runtime=runtime))
+        result = await run_tool(spec, arguments, runtime.tool_context(user_id))
     blobs = [data for _, data in await runtime.library.read_many(user_id, [r.id for r in result.images])]
     paths = await asyncio.to_thread(_write_outputs, result.images, blobs, out)
     for index, record in enumerate(result.images):
@@ -206,7 +216,7 @@ def generate(
     """Generate images from a prompt and store them in the library (and in --out)."""
     args = {"prompt": prompt, "size": size, "quality": quality, "background": background, "n": n}
     arguments = {k: v for k, v in args.items() if v is not None}
-    _run(_with_runtime(lambda rt: _run_tool_locally(rt, tool, arguments, out)))
+    _with_runtime(lambda rt: _run_tool_locally(rt, tool, arguments, out))
 
 
 @app.command()
@@ -241,7 +251,7 @@ def edit(
             args["mask_image_id"] = record.id
         await _run_tool_locally(runtime, tool, {k: v for k, v in args.items() if v is not None}, out)
 
-    _run(_with_runtime(work))
+    _with_runtime(work)
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -257,8 +267,11 @@ def images_list(
     async def work(runtime: Runtime) -> list[ImageRecord]:
         return await runtime.library.recent(await _local_user_id(runtime), limit=limit, source=source)
 
-    records = _run(_with_runtime(work))
-    table = Table("ID", "created", "source", "size", "prompt", box=None)
+    records = _with_runtime(work)
+    table = Table(box=None)
+    table.add_column("ID", no_wrap=True)
+    for column in ("created", "source", "size", "prompt"):
+        table.add_column(column)
     for r in records:
         table.add_row(
             r.id,
@@ -282,7 +295,7 @@ def images_show(image_id: Annotated[str, typer.Argument(help="Image ID.")]) -> N
         data["parents"] = [{"id": p.id, "role": p.role, "exists": p.image is not None} for p in parents]
         return data
 
-    console.print_json(json.dumps(_run(_with_runtime(work))))
+    console.print_json(json.dumps(_with_runtime(work)))
 
 
 @images_app.command("export")
@@ -296,7 +309,7 @@ def images_export(
         found = await runtime.library.read_many(await _local_user_id(runtime), image_ids)
         return await asyncio.to_thread(_write_outputs, [r for r, _ in found], [d for _, d in found], out)
 
-    for path in _run(_with_runtime(work)):
+    for path in _with_runtime(work):
         console.print(str(path))
 
 
@@ -310,7 +323,7 @@ def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs
             await runtime.library.delete(user_id, image_id)
             console.print(f"deleted {image_id}")
 
-    _run(_with_runtime(work))
+    _with_runtime(work)
 
 
 # --- users, tokens, db --------------------------------------------------------------------------
@@ -330,7 +343,7 @@ def users_create(
                 raise InputError(f"A user named {name!r} already exists.")
             return (await repo.create(name, is_admin=admin)).id
 
-    console.print(f"created user {name} ({_run(_with_runtime(work))})")
+    console.print(f"created user {name} ({_with_runtime(work)})")
 
 
 @tokens_app.command("create")
@@ -348,20 +361,22 @@ def tokens_create(
             await repo.add_token(owner, token, name)
         return token
 
-    token = _run(_with_runtime(work))
+    token = _with_runtime(work)
     console.print(f"API token for {user} (shown only now): {token}", soft_wrap=True)
 
 
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Apply database migrations (the server also does this on start)."""
+    from limner.db.session import Database
+
+    try:
+        settings = _settings()
+    except LimnerError as exc:
+        raise _fail(exc) from None
 
     async def work() -> None:
-        from limner.db.session import Database
-
-        settings = _settings()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database(settings.resolved_database_url)
+        db = await Database.open(settings.resolved_database_url)
         try:
             await db.upgrade()
         finally:
@@ -380,7 +395,7 @@ def db_sweep(
     async def work(runtime: Runtime) -> Any:
         return await runtime.library.sweep(min_age=min_age)
 
-    report = _run(_with_runtime(work))
+    report = _with_runtime(work)
     console.print(
         f"removed {report.orphan_blobs_removed} orphan file(s) and {report.temporaries_removed} temporary file(s); "
         f"{len(report.rows_missing_blobs)} record(s) without a file"

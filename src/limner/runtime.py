@@ -15,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import httpx2
 from pydantic import SecretStr
 
@@ -24,8 +25,9 @@ from limner.db.session import Database
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
+from limner.sandbox.server import serve_sandbox
 from limner.storage import LocalBlobStore
-from limner.tools.base import ToolSpec
+from limner.tools.base import ToolContext, ToolSpec
 from limner.tools.family import Family, FamilyStatus
 from limner.tools.library import library_tools
 from limner.tools.openai import OpenAIDescriptions, OpenAIImageFamily
@@ -72,8 +74,8 @@ class Runtime:
     async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
         """Build everything; on exit close clients, stop the emulators and dispose of the engine."""
         async with AsyncExitStack() as stack:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            db = Database(settings.resolved_database_url)
+            await anyio.to_thread.run_sync(lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
+            db = await Database.open(settings.resolved_database_url)
             stack.push_async_callback(db.dispose)
             await db.upgrade()
             keyring = KeyRing(db, await load_cipher(settings.creds_key, settings.data_dir))
@@ -107,6 +109,10 @@ class Runtime:
             listed += [(spec, family.status) for spec in family.tools()]
         return listed
 
+    def tool_context(self, user_id: str, **extra: Any) -> ToolContext:
+        """A ToolContext acting as ``user_id``."""
+        return ToolContext(user_id=user_id, library=self.library, keyring=self.keyring, **extra)
+
     def key_sources(self) -> dict[str, KeySource]:
         """Families that take a key, by provider name (the ``{provider}`` of ``/api/keys``)."""
         return {fid: f.key_source for fid, f in self.families.items() if f.key_source is not None}
@@ -129,8 +135,6 @@ async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxIn
     reason = _sandbox_reason(settings)
     if reason is None:
         return None
-    from limner.sandbox.server import serve_sandbox
-
     running = await stack.enter_async_context(serve_sandbox(port=settings.sandbox_port))
     log.warning(
         "SANDBOX: %s, so every image tool talks to limner's built-in emulators at %s. Images are "
@@ -143,7 +147,11 @@ async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxIn
 
 
 async def _http_client(settings: Settings, stack: AsyncExitStack, *, sandbox: bool) -> httpx2.AsyncClient:
-    client = create_http_client(timeout=settings.provider_timeout, proxy=None if sandbox else settings.proxy)
+    # Building a client loads the CA bundle from disk: off the event loop.
+    proxy = None if sandbox else settings.proxy
+    client = await anyio.to_thread.run_sync(
+        lambda: create_http_client(timeout=settings.provider_timeout, proxy=proxy)
+    )
     stack.push_async_callback(client.aclose)
     return client
 

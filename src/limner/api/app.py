@@ -31,7 +31,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
-            app.state.runtime = runtime
             yield
             return
         async with Runtime.open(settings) as opened:
@@ -45,6 +44,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         lifespan=lifespan,
         responses=_ERRORS,  # type: ignore[arg-type]
     )
+    if runtime is not None:
+        app.state.runtime = runtime
     install_error_handlers(app)
     for module in (health, images, tools, keys):
         app.include_router(module.router)

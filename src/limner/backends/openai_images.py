@@ -108,9 +108,9 @@ class OpenAIEndpoint:
                 hint="For example https://api.openai.com/v1 or https://RES.openai.azure.com/openai/deployments/DEP.",
             )
         path = parts.path.rstrip("/")
-        if path.endswith("/openai/v1"):
-            return cls(EndpointKind.AZURE_V1, url, api_version)
         is_azure_host = parts.hostname is not None and parts.hostname.endswith(_AZURE_HOST_SUFFIXES)
+        if path.endswith("/openai/v1") and (is_azure_host or api_version):
+            return cls(EndpointKind.AZURE_V1, url, api_version)
         if "/deployments/" in path:
             if not api_version:
                 raise ConfigurationError(
@@ -164,6 +164,7 @@ class OpenAIImagesBackend(Backend):
         self.max_retries = max_retries
         self.names = setting_names or SettingNames()
         self.backend_name = "azure" if endpoint.is_azure else "openai"
+        self.display_name = "limner's sandbox OpenAI emulator" if is_sandbox else endpoint.display_name
 
     def profile(self, model: str) -> ModelProfile:
         """Known models get their profile; an unknown name (an Azure deployment, a proxy's alias) is sent
@@ -244,7 +245,7 @@ class OpenAIImagesBackend(Backend):
     def _outputs(self, response: ImagesResponse, requested_format: str | None) -> list[ImageOutput]:
         if not isinstance(response, ImagesResponse) or not response.data:
             raise ProviderResponseError(
-                f"{self.target.display_name} answered without any image data.",
+                f"{self.display_name} answered without any image data.",
                 provider=self.backend_name,
                 endpoint=self.endpoint,
                 hint="Try again; if it persists, the service or the base URL may not be an OpenAI Images API.",
@@ -273,7 +274,7 @@ class OpenAIImagesBackend(Backend):
 
     def _bad_response(self, what: str) -> ProviderResponseError:
         return ProviderResponseError(
-            f"{self.target.display_name} answered with {what}.",
+            f"{self.display_name} answered with {what}.",
             provider=self.backend_name,
             endpoint=self.endpoint,
             hint="Try again; if it persists, check that the base URL points at an OpenAI Images API.",
@@ -286,16 +287,16 @@ class OpenAIImagesBackend(Backend):
         if isinstance(exc, openai.APIStatusError):
             return self._map_status(exc)
         if isinstance(exc, openai.APITimeoutError):
-            return self._unavailable(f"{self.target.display_name} did not answer within {self.timeout:g} s.")
+            return self._unavailable(f"{self.display_name} did not answer within {self.timeout:g} s.")
         if isinstance(exc, openai.APIConnectionError):
-            return self._unavailable(f"Could not connect to {self.target.display_name} ({_host(self.endpoint)}).")
+            return self._unavailable(f"Could not connect to {self.display_name} ({_host(self.endpoint)}).")
         if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
             return self._bad_response("a body that is not valid JSON of the Images API")
         if isinstance(exc, openai.APIError):
             detail = redact(exc.message)
-            return self._unavailable(f"{self.target.display_name} failed while generating: {detail}")
+            return self._unavailable(f"{self.display_name} failed while generating: {detail}")
         if isinstance(exc, httpx2.TransportError):
-            return self._unavailable(f"The connection to {self.target.display_name} failed.")
+            return self._unavailable(f"The connection to {self.display_name} failed.")
         return None
 
     def _unavailable(self, message: str, **extra: Any) -> ProviderUnavailableError:
@@ -316,7 +317,7 @@ class OpenAIImagesBackend(Backend):
             "request_id": exc.request_id,
         }
         upstream = _upstream_message(exc)
-        who = self.target.display_name
+        who = self.display_name
         if code in _POLICY_CODES or _is_azure_filter(exc):
             return ContentPolicyError(
                 f"{who} refused the request on content policy grounds: {upstream}",
@@ -355,7 +356,7 @@ class OpenAIImagesBackend(Backend):
         )
 
     def _auth_error(self, status: int, upstream: str, common: dict[str, Any]) -> ProviderAuthError:
-        who = self.target.display_name
+        who = self.display_name
         if status == 401:
             message = f"{who} rejected the API key: {upstream}"
             hint = f"Check {self.names.api_key}, or the key you entered in Settings."
@@ -378,7 +379,7 @@ class OpenAIImagesBackend(Backend):
                 **common,
             )
         return ProviderRequestError(
-            f"{self.target.display_name} says the model does not exist or has been retired: {upstream}",
+            f"{self.display_name} says the model does not exist or has been retired: {upstream}",
             hint=f"Set {names.model} to a current model, for example gpt-image-1.5 or gpt-image-2.",
             **common,
         )

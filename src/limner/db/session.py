@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -38,15 +39,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Database:
     """Owns the engine; hands out units of work."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, engine: AsyncEngine) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        if self.is_sqlite:
-            _ensure_sqlite_dir(url)
-        self.engine: AsyncEngine = create_async_engine(url, pool_pre_ping=not self.is_sqlite)
+        self.engine = engine
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str) -> Database:
+        """Create the engine off the event loop (dialects touch the filesystem while setting up)."""
+        is_sqlite = url.startswith("sqlite")
+        engine = await anyio.to_thread.run_sync(lambda: create_async_engine(url, pool_pre_ping=not is_sqlite))
+        return cls(url, engine)
 
     @asynccontextmanager
     async def unit_of_work(self) -> AsyncIterator[AsyncSession]:
@@ -63,9 +69,22 @@ class Database:
                 raise
 
     async def upgrade(self) -> None:
-        """Apply every Alembic migration up to head (the server does this on start)."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_run_upgrade)
+        """Apply every Alembic migration up to head (the server does this on start).
+
+        Alembic is synchronous and reads its scripts from disk, so it runs in a worker thread on a
+        synchronous engine of the same database, never on the event loop.
+        """
+        await anyio.to_thread.run_sync(self._upgrade_sync)
+
+    def _upgrade_sync(self) -> None:
+        if self.is_sqlite:
+            _ensure_sqlite_dir(self.url)
+        engine = create_engine(sync_url(self.url))
+        try:
+            with engine.begin() as conn:
+                _run_upgrade(conn)
+        finally:
+            engine.dispose()
 
     async def dispose(self) -> None:
         """Close pooled connections."""
@@ -77,6 +96,11 @@ def _run_upgrade(connection: Connection) -> None:
     cfg.set_main_option("script_location", str(_MIGRATIONS))
     cfg.attributes["connection"] = connection
     command.upgrade(cfg, "head")
+
+
+def sync_url(url: str) -> str:
+    """The synchronous driver URL for migrations: stdlib sqlite3, or psycopg for PostgreSQL."""
+    return url.replace("sqlite+aiosqlite", "sqlite").replace("postgresql+asyncpg", "postgresql+psycopg")
 
 
 def _ensure_sqlite_dir(url: str) -> None:

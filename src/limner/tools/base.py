@@ -11,16 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from limner.backends.base import ProgressCallback
 from limner.errors import InputError, LimnerError
-from limner.library import ImageRecord
-
-if TYPE_CHECKING:
-    from limner.runtime import Runtime
+from limner.keys import KeyRing
+from limner.library import ImageLibrary, ImageRecord
 
 __all__ = ["ToolContext", "ToolResult", "ToolSpec", "failed_result", "run_tool"]
 
@@ -36,7 +34,8 @@ class ToolContext:
     """Who is calling and what the tool may use; built per call by the front end."""
 
     user_id: str
-    runtime: Runtime
+    library: ImageLibrary
+    keyring: KeyRing
     conversation_id: str | None = None
     message_id: str | None = None
     progress: ProgressCallback | None = None

@@ -39,7 +39,7 @@ class ImageViewArgs(BaseModel):
 
 
 async def _list(args: ImageListArgs, ctx: ToolContext) -> ToolResult:
-    records = await ctx.runtime.library.recent(ctx.user_id, limit=args.limit, before=args.before, source=args.source)
+    records = await ctx.library.recent(ctx.user_id, limit=args.limit, before=args.before, source=args.source)
     if not records:
         return ToolResult(text="The user has no images" + (" of that kind." if args.source else " yet."))
     lines = [f"The user's {len(records)} most recent images (newest first):"]
@@ -50,7 +50,7 @@ async def _list(args: ImageListArgs, ctx: ToolContext) -> ToolResult:
 
 
 async def _view(args: ImageViewArgs, ctx: ToolContext) -> ToolResult:
-    record = await ctx.runtime.library.get(ctx.user_id, args.image_id)
+    record = await ctx.library.get(ctx.user_id, args.image_id)
     text = "Here is the image:\n" + describe_image_line(record, prompt_chars=400)
     return ToolResult(text=text, images=[record], metadata={"image_ids": [record.id], "vision": True})
 

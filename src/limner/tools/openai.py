@@ -219,7 +219,7 @@ class OpenAIImageFamily:
 
     async def _generate(self, args: Any, ctx: ToolContext) -> ToolResult:
         backend = self._ready()
-        key = await ctx.runtime.keyring.resolve(ctx.user_id, self.key_source)
+        key = await ctx.keyring.resolve(ctx.user_id, self.key_source)
         params = args.model_dump(exclude_none=True)
         request = GenerateRequest(model=self.model, **params)
         outputs = await backend.generate(request, api_key=key, progress=ctx.progress)
@@ -228,8 +228,8 @@ class OpenAIImageFamily:
 
     async def _edit(self, args: Any, ctx: ToolContext) -> ToolResult:
         backend = self._ready()
-        key = await ctx.runtime.keyring.resolve(ctx.user_id, self.key_source)
-        inputs = await ctx.runtime.library.read_many(ctx.user_id, args.image_ids)
+        key = await ctx.keyring.resolve(ctx.user_id, self.key_source)
+        inputs = await ctx.library.read_many(ctx.user_id, args.image_ids)
         mask = await self._mask(ctx, args.mask_image_id, inputs[0][0]) if args.mask_image_id else None
         params = args.model_dump(exclude_none=True, exclude={"image_ids", "mask_image_id"})
         request = EditRequest(
@@ -250,7 +250,7 @@ class OpenAIImageFamily:
         return self._result(records, referenced=[rec.id for rec, _ in inputs], action="Edited")
 
     async def _mask(self, ctx: ToolContext, mask_id: str, first: ImageRecord) -> InputImage:
-        ((_, data),) = await ctx.runtime.library.read_many(ctx.user_id, [mask_id])
+        ((_, data),) = await ctx.library.read_many(ctx.user_id, [mask_id])
         png = await prepare_mask(data, (first.width, first.height))
         return InputImage(data=png, media_type="image/png", name="mask.png")
 
@@ -280,7 +280,7 @@ class OpenAIImageFamily:
             message_id=ctx.message_id,
             is_sandbox=backend.is_sandbox,
         )
-        return await ctx.runtime.library.save(ctx.user_id, outputs, provenance, fetch_policy=self.fetch_policy)
+        return await ctx.library.save(ctx.user_id, outputs, provenance, fetch_policy=self.fetch_policy)
 
     def _result(self, records: list[ImageRecord], *, referenced: list[str], action: str) -> ToolResult:
         text = describe_new_images(records, action=action, model=self.model, referenced=referenced, edit_tool=EDIT_TOOL)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from limner.api.deps import CurrentUser, RuntimeDep
 from limner.api.schemas import FamilyOut, ImageOut, ToolOut, ToolResultOut, ToolsOut
 from limner.errors import ConfigurationError, InputError
-from limner.tools.base import ToolContext, ToolSpec, run_tool
+from limner.tools.base import ToolSpec, run_tool
 from limner.tools.family import FamilyStatus
 
 __all__ = ["router"]
@@ -75,5 +75,5 @@ async def call_tool(
             assert status is not None
             raise ConfigurationError(f"The tool {name} is not available: {status.reason}.")
         raise ToolNotFoundError(f"There is no tool named {name!r}.", hint="GET /api/tools lists the tools.")
-    result = await run_tool(spec, arguments, ToolContext(user_id=user.id, runtime=runtime))
+    result = await run_tool(spec, arguments, runtime.tool_context(user.id))
     return ToolResultOut(text=result.text, images=[ImageOut.of(r) for r in result.images], metadata=result.metadata)

@@ -1,0 +1,219 @@
+"""Run every emulator behind one loopback port, inside whatever event loop is already running.
+
+:func:`serve_sandbox` starts uvicorn as a task of the current loop on a socket it binds itself,
+so port 0 works and the real port is known before the caller gets control. The sandbox is meant
+to live inside other programs (limner's own server, a test), so the embedded server never
+installs signal handlers, never reconfigures logging and writes no access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Generator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from limner.sandbox.openai_images import OpenAIImagesEmulator
+
+_SHUTDOWN_GRACE_SECONDS = 5
+_STOP_TIMEOUT_SECONDS = 10.0
+
+
+class Emulator(Protocol):
+    """What the runner needs from an emulator; every upstream emulator implements it."""
+
+    def mounts(self) -> dict[str, ASGIApp]:
+        """Prefix (no slashes) → app; one app may be served under several prefixes."""
+        ...
+
+    def public_urls(self, base_url: str) -> dict[str, str]:
+        """Client base URLs, keyed by name, for a sandbox served at ``base_url``."""
+        ...
+
+    def close(self) -> None:
+        """Release stalled requests so the server can stop."""
+        ...
+
+
+class Sandbox:
+    """The set of emulators served together; each is mounted under its own prefix."""
+
+    def __init__(self, *, openai: OpenAIImagesEmulator | None = None) -> None:
+        self.openai = openai or OpenAIImagesEmulator()
+
+    def emulators(self) -> dict[str, Emulator]:
+        """Name → emulator."""
+        return {"openai": self.openai}
+
+    def urls(self, base_url: str) -> dict[str, str]:
+        """Every client base URL of every emulator, for a sandbox served at ``base_url``."""
+        urls: dict[str, str] = {}
+        for emulator in self.emulators().values():
+            urls.update(emulator.public_urls(base_url.rstrip("/")))
+        return urls
+
+    def close(self) -> None:
+        """Release stalled requests in every emulator."""
+        for emulator in self.emulators().values():
+            emulator.close()
+
+    def app(self) -> Starlette:
+        """One app: each emulator under its prefixes, and a JSON index at ``/``."""
+        routes: list[Route | Mount] = [Route("/", self._index, methods=["GET"])]
+        for emulator in self.emulators().values():
+            routes += [Mount(f"/{prefix}", app=app) for prefix, app in emulator.mounts().items()]
+        return Starlette(routes=routes)
+
+    async def _index(self, request: Request) -> JSONResponse:
+        base = str(request.base_url).rstrip("/")
+        emulators = {
+            name: {"mounts": [f"{base}/{prefix}" for prefix in emulator.mounts()], "urls": emulator.public_urls(base)}
+            for name, emulator in self.emulators().items()
+        }
+        return JSONResponse({"emulators": emulators, "urls": self.urls(base)})
+
+
+@dataclass(frozen=True)
+class RunningSandbox:
+    """A sandbox being served: where to reach it, and its emulators for fault knobs."""
+
+    sandbox: Sandbox
+    host: str
+    port: int
+    base_url: str
+    urls: dict[str, str]
+
+
+class _QuietH11Protocol(H11Protocol):
+    """h11 without the access log, decided per connection so global logging stays untouched."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.access_log = False
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn that leaves signals to its host program and stops as soon as it is asked."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """Install nothing: SIGINT and SIGTERM belong to the program that hosts the sandbox."""
+        yield
+
+    def _log_started_message(self, listeners: Any) -> None:
+        """Stay quiet; the caller knows the address from :class:`RunningSandbox`."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start, then tell :func:`serve_sandbox` it may hand out the address."""
+        await super().startup(sockets=sockets)
+        self.ready.set()
+
+    async def main_loop(self) -> None:
+        """Wake on :meth:`stop` instead of polling every 100 ms, so tests do not wait for ticks."""
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+
+    def stop(self) -> None:
+        """Ask the server to shut down gracefully."""
+        self.should_exit = True
+        self._stop.set()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@asynccontextmanager
+async def serve_sandbox(
+    sandbox: Sandbox | None = None, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[RunningSandbox]:
+    """Serve ``sandbox`` (a fresh one by default) on ``host:port`` for the duration of the block."""
+    sandbox = sandbox or Sandbox()
+    sock = _bind(host, port)
+    real_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        sandbox.app(),
+        host=host,
+        port=real_port,
+        log_config=None,
+        lifespan="off",
+        http=_QuietH11Protocol,
+        ws="none",
+        timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
+    )
+    server = _EmbeddedServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]), name=f"limner-sandbox:{real_port}")
+    try:
+        try:
+            await _wait_ready(server, task)
+            url_host = f"[{host}]" if ":" in host else host
+            base_url = f"http://{url_host}:{real_port}"
+            yield RunningSandbox(sandbox, host, real_port, base_url, sandbox.urls(base_url))
+        except BaseException:
+            await _stop(server, task, sandbox)
+            raise
+        failure = await _stop(server, task, sandbox)
+        if failure is not None:
+            raise RuntimeError("the sandbox server failed") from failure
+    finally:
+        sock.close()
+
+
+async def _wait_ready(server: _EmbeddedServer, task: asyncio.Task[None]) -> None:
+    ready = asyncio.ensure_future(server.ready.wait())
+    try:
+        await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ready.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ready
+    if not server.ready.is_set():
+        exc = task.exception() if task.done() and not task.cancelled() else None
+        raise RuntimeError("the sandbox server did not start") from exc
+
+
+async def _stop(server: _EmbeddedServer, task: asyncio.Task[None], sandbox: Sandbox) -> BaseException | None:
+    """Stop even when the caller is being cancelled (a leaked server leaks its socket).
+
+    Returns the server task's own failure, if it had one, for the caller to report.
+    """
+    with anyio.CancelScope(shield=True):
+        sandbox.close()
+        server.stop()
+        with anyio.move_on_after(_STOP_TIMEOUT_SECONDS):
+            await asyncio.wait({task})
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if task.cancelled():
+        return None
+    return task.exception()

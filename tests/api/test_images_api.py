@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from limner.runtime import Runtime
+from tests import images
+
+Auth = tuple[str, dict[str, str]]
+
+
+async def upload(
+    api: httpx2.AsyncClient, headers: dict[str, str], data: bytes, name: str = "pic.png"
+) -> httpx2.Response:
+    return await api.post("/api/images", headers=headers, files={"file": (name, data, "image/png")})
+
+
+async def test_upload_then_read_everything(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    data = images.png(300, 200)
+    created = await upload(api, headers, data)
+    assert created.status_code == 201, created.text
+    image = created.json()
+    assert image["source"] == "uploaded" and image["original_name"] == "pic.png"
+    assert (image["width"], image["height"], image["media_type"]) == (300, 200, "image/png")
+
+    detail = (await api.get(f"/api/images/{image['id']}", headers=headers)).json()
+    assert detail["parents"] == []
+    content = await api.get(image["content_url"], headers=headers)
+    assert content.content == data
+    assert content.headers["content-type"] == "image/png"
+    assert content.headers["etag"] == f'"{image["sha256"]}"'
+    assert "immutable" in content.headers["cache-control"]
+
+    cached = await api.get(image["content_url"], headers={**headers, "If-None-Match": content.headers["etag"]})
+    assert cached.status_code == 304 and cached.content == b""
+    part = await api.get(image["content_url"], headers={**headers, "Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == data[:10]
+
+    thumb = await api.get(image["thumbnail_url"], headers=headers)
+    assert thumb.headers["content-type"] == "image/webp"
+    assert images.size_of(thumb.content) == (256, 171)
+
+    listing = (await api.get("/api/images", headers=headers)).json()
+    assert [i["id"] for i in listing["images"]] == [image["id"]]
+    assert (await api.delete(f"/api/images/{image['id']}", headers=headers)).status_code == 204
+    gone = await api.get(f"/api/images/{image['id']}", headers=headers)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "image_not_found"
+
+
+async def test_pagination(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    ids = [(await upload(api, headers, images.png(color=(i, i, i)))).json()["id"] for i in range(5)]
+    page1 = (await api.get("/api/images?limit=2", headers=headers)).json()
+    page2 = (await api.get(f"/api/images?limit=2&before={page1['next_before']}", headers=headers)).json()
+    page3 = (await api.get(f"/api/images?limit=2&before={page2['next_before']}", headers=headers)).json()
+    seen = [i["id"] for p in (page1, page2, page3) for i in p["images"]]
+    assert seen == list(reversed(ids))
+    assert page3["next_before"] is None
+
+
+@pytest.mark.parametrize(
+    ("label", "data", "status", "code"),
+    [
+        ("text named .png", b"this is plainly text, not an image at all", 415, "unsupported_image"),
+        ("truncated png", images.png(400, 400)[:900], 415, "unsupported_image"),
+        ("decompression bomb", images.decompression_bomb(20_000), 413, "image_too_large"),
+        ("empty file", b"", 415, "unsupported_image"),
+    ],
+)
+async def test_bad_uploads_are_refused_and_store_nothing(
+    api: httpx2.AsyncClient, alice: Auth, runtime: Runtime, label: str, data: bytes, status: int, code: str
+) -> None:
+    _, headers = alice
+    response = await upload(api, headers, data)
+    assert response.status_code == status, (label, response.text)
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+    assert (await api.get("/api/images", headers=headers)).json()["images"] == []
+    assert [k async for k in runtime.library.store.iter_keys()] == []
+
+
+async def test_oversize_upload_is_refused(api: httpx2.AsyncClient, alice: Auth, runtime: Runtime) -> None:
+    _, headers = alice
+    big = b"\x89PNG\r\n\x1a\n" + b"\x00" * (runtime.settings.max_upload_bytes + 10)
+    response = await upload(api, headers, big)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "image_too_large"
+    assert [k async for k in runtime.library.store.iter_keys()] == []
+
+
+async def test_requests_without_a_valid_token_get_401(api: httpx2.AsyncClient) -> None:
+    for headers in ({}, {"Authorization": "Bearer lmn_wrong"}, {"Authorization": "Basic abc"}):
+        response = await api.get("/api/images", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "unauthorized"
+
+
+async def test_health_announces_the_sandbox(api: httpx2.AsyncClient) -> None:
+    health = (await api.get("/api/health")).json()
+    assert health["status"] == "ok"
+    assert health["sandbox"]["active"] is True
+    assert health["sandbox"]["reason"] == "LIMNER_SANDBOX=on"
+    assert health["families"] == [{"id": "image_gen_oai", "available": True, "is_sandbox": True}]
+
+
+async def test_openapi_document_lists_routes_and_error_shape(api: httpx2.AsyncClient) -> None:
+    doc = (await api.get("/openapi.json")).json()
+    for path in ("/api/images", "/api/images/{image_id}/content", "/api/tools/{name}", "/api/keys/{provider}"):
+        assert path in doc["paths"]
+    assert "ErrorResponse" in doc["components"]["schemas"]
+    assert "404" in doc["paths"]["/api/images/{image_id}"]["get"]["responses"]

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from limner.config import SandboxMode, Settings, load_settings, operator_key
+from limner.errors import ConfigurationError
+
+LIBRECHAT_ENV = """
+# a slice of LibreChat's .env.example: most of it is not ours
+HOST=localhost
+PORT=3080
+MONGO_URI=mongodb://127.0.0.1:27017/LibreChat
+DOMAIN_CLIENT=http://localhost:3080
+OPENAI_API_KEY=user_provided
+DEBUG_OPENAI=false
+IMAGE_GEN_OAI_API_KEY=sk-from-env-file
+IMAGE_GEN_OAI_MODEL=gpt-image-2
+IMAGE_GEN_OAI_DESCRIPTION=
+DALLE_API_KEY=
+SD_WEBUI_URL=http://host.docker.internal:7860
+FLUX_API_BASE_URL=https://api.us1.bfl.ai
+CREDS_KEY=f34be427ebb29de8d88c107a71546019685ed8b241d8f2ed00c3df97ad2566f0
+CREDS_IV=e2341419ec3dd3d19b13a1a87fafcbfb
+JWT_SECRET=16f8c0ef4a5d391b26034086c628469d3f9f497f08163ab9b40137092f2909ef
+PROXY=
+"""
+
+
+def test_librechat_env_file_loads_and_unknown_names_are_ignored(tmp_path: Path) -> None:
+    env = tmp_path / ".env"
+    env.write_text(LIBRECHAT_ENV)
+    settings = load_settings(env)
+    assert operator_key(settings.image_gen_oai_api_key) == "sk-from-env-file"
+    assert settings.image_gen_oai_model == "gpt-image-2"
+    assert settings.image_gen_oai_description is None  # empty means unset
+    assert settings.proxy is None
+    assert settings.creds_key is not None
+
+
+def test_invalid_value_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIMNER_PORT", "not-a-port")
+    with pytest.raises(ConfigurationError, match="LIMNER_PORT"):
+        load_settings(None)
+
+
+def test_invalid_sandbox_mode_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIMNER_SANDBOX", "sometimes")
+    with pytest.raises(ConfigurationError, match="LIMNER_SANDBOX"):
+        load_settings(None)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    settings = load_settings(None)
+    assert settings.data_dir == tmp_path / "limner"
+    assert settings.sandbox is SandboxMode.AUTO
+    assert settings.image_gen_oai_model == "gpt-image-1.5"
+    assert settings.resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'limner' / 'limner.db'}"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("user_provided", None), ("  ", None), ("sk-1", "sk-1")])
+def test_user_provided_means_no_operator_key(value: str, expected: str | None) -> None:
+    settings = Settings(_env_file=None, image_gen_oai_api_key=value)
+    assert operator_key(settings.image_gen_oai_api_key) == expected
+
+
+def test_secrets_do_not_show_in_repr() -> None:
+    settings = Settings(_env_file=None, image_gen_oai_api_key="sk-secret-value", creds_key="abc")
+    assert "sk-secret-value" not in repr(settings)
+
+
+def test_every_field_has_a_docstring_and_an_env_name() -> None:
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        assert Settings.env_names()[name], name
