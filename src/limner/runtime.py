@@ -149,9 +149,7 @@ async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxIn
 async def _http_client(settings: Settings, stack: AsyncExitStack, *, sandbox: bool) -> httpx2.AsyncClient:
     # Building a client loads the CA bundle from disk: off the event loop.
     proxy = None if sandbox else settings.proxy
-    client = await anyio.to_thread.run_sync(
-        lambda: create_http_client(timeout=settings.provider_timeout, proxy=proxy)
-    )
+    client = await anyio.to_thread.run_sync(lambda: create_http_client(timeout=settings.provider_timeout, proxy=proxy))
     stack.push_async_callback(client.aclose)
     return client
 
