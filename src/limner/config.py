@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     """Largest accepted width x height; guards against decompression bombs."""
     provider_timeout: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_PROVIDER_TIMEOUT"))
     """Seconds before an upstream image call is abandoned (generations can take minutes)."""
+    partial_images: int = Field(0, ge=0, le=3, validation_alias=_env("LIMNER_PARTIAL_IMAGES"))
+    """Partial images to stream while a GPT image model works (0-3), shown as progress. Each one adds
+    about 100 output tokens to the cost; 0 turns streaming off."""
     provider_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("LIMNER_PROVIDER_MAX_RETRIES"))
     """Retries of rate-limited or failed upstream calls (honouring `retry-after` up to 120 s)."""
     fetch_allow_loopback: bool = Field(False, validation_alias=_env("LIMNER_FETCH_ALLOW_LOOPBACK"))

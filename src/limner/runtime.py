@@ -170,6 +170,7 @@ async def _openai_family(settings: Settings, sandbox: SandboxInfo | None, stack:
             http_client=await _http_client(settings, stack, sandbox=True),
             timeout=settings.provider_timeout,
             max_retries=settings.provider_max_retries,
+            partial_images=settings.partial_images,
             is_sandbox=True,
         )
         source = KeySource("image_gen_oai", "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", SecretStr(SANDBOX_KEY))
@@ -196,6 +197,7 @@ async def _openai_family(settings: Settings, sandbox: SandboxInfo | None, stack:
         http_client=await _http_client(settings, stack, sandbox=False),
         timeout=settings.provider_timeout,
         max_retries=settings.provider_max_retries,
+        partial_images=settings.partial_images,
     )
     _warn_retired(backend, model)
     status = _status(backend, model, source, sandbox=False, reason=None)

@@ -42,8 +42,21 @@ async def test_foreign_ids_look_missing_everywhere(api: httpx2.AsyncClient, alic
         assert answers[0] == answers[1], (method, path)
         assert answers[0][0] == 404, (method, path, answers[0])
 
+    # referencing the foreign image as a mask fails like a missing ID too
+    own = await api.post("/api/images", headers=bob_headers, files={"file": ("b.png", images.png(), "image/png")})
+    mask_answers = []
+    for image_id in (secret, MISSING):
+        response = await api.post(
+            "/api/tools/image_edit_oai",
+            headers=bob_headers,
+            json={"image_ids": [own.json()["id"]], "prompt": "p", "mask_image_id": image_id},
+        )
+        mask_answers.append(_normalised(response, image_id))
+    assert mask_answers[0] == mask_answers[1]
+    assert mask_answers[0][0] == 404
+
     listing = (await api.get("/api/images", headers=bob_headers)).json()
-    assert listing["images"] == []
+    assert [i["id"] for i in listing["images"]] == [own.json()["id"]]
     tool_list = (await api.post("/api/tools/image_list", headers=bob_headers, json={})).json()
     assert secret not in tool_list["text"]
     # still there for its owner

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx2
 import pytest
 
-from limner.backends.base import EditRequest, GenerateRequest, InputImage
+from limner.backends.base import EditRequest, GenerateRequest, InputImage, Progress
 from limner.backends.openai_images import EndpointKind, OpenAIEndpoint, OpenAIImagesBackend, SettingNames
 from limner.errors import (
     ConfigurationError,
@@ -240,3 +240,89 @@ def test_azure_deployment_url_without_api_version_fails_fast() -> None:
         OpenAIEndpoint.resolve("https://res.openai.azure.com/openai/deployments/dep", None, SettingNames())
     with pytest.raises(ConfigurationError, match="IMAGE_GEN_OAI_BASEURL"):
         OpenAIEndpoint.resolve("ftp://example.com", None, SettingNames())
+
+
+# --- streaming partial images --------------------------------------------------------------------
+
+
+async def test_partial_images_reach_the_progress_channel(upstream: Upstream) -> None:
+    seen: list[Progress] = []
+
+    async def progress(update: Progress) -> None:
+        seen.append(update)
+
+    backend = upstream.backend(partial_images=2)
+    outputs = await backend.generate(gen(n=2, size="1024x1024"), api_key=KEY, progress=progress)
+    assert len(outputs) == 2
+    assert all(o.data and images.size_of(o.data) == (1024, 1024) for o in outputs)
+    assert outputs[0].provider_details["usage"]["output_tokens"] > 0
+    fractions = [p.fraction or 0 for p in seen]
+    assert len(fractions) == 4  # two partial images for each of the two images
+    assert fractions == sorted(fractions) and fractions[0] > 0 and fractions[-1] < 1
+    assert all(p.partial_image and p.partial_media_type == "image/png" for p in seen)
+    assert upstream.emulator.requests[-1].json["stream"] is True
+
+
+async def test_streamed_edit(upstream: Upstream) -> None:
+    seen: list[Progress] = []
+
+    async def progress(update: Progress) -> None:
+        seen.append(update)
+
+    request = EditRequest(
+        model="gpt-image-1.5", prompt="p", images=(InputImage(data=images.png(), media_type="image/png"),)
+    )
+    (output,) = await upstream.backend(partial_images=1).edit(request, api_key=KEY, progress=progress)
+    assert output.data and len(seen) == 1
+
+
+async def test_error_inside_a_stream_is_unavailable(upstream: Upstream) -> None:
+    upstream.emulator.faults.add(Fault.stream_error("the renderer fell over"))
+
+    async def progress(update: Progress) -> None:
+        pass
+
+    with pytest.raises(ProviderUnavailableError, match="the renderer fell over"):
+        await upstream.backend(partial_images=2).generate(gen(), api_key=KEY, progress=progress)
+
+
+async def test_no_streaming_without_a_progress_listener(upstream: Upstream) -> None:
+    await upstream.backend(partial_images=2).generate(gen(), api_key=KEY)
+    assert "stream" not in upstream.emulator.requests[-1].json
+
+
+# --- PROXY -----------------------------------------------------------------------------------------
+
+
+async def test_requests_go_through_the_configured_proxy(upstream: Upstream) -> None:
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        request_line, *header_lines = head.split("\r\n")
+        method, target, _ = request_line.split(" ")
+        seen.append(target)
+        headers = dict(line.split(": ", 1) for line in header_lines if ": " in line)
+        body = await reader.readexactly(int(headers.get("Content-Length", headers.get("content-length", "0"))))
+        forward = {k: v for k, v in headers.items() if k.lower() not in ("host", "proxy-connection", "connection")}
+        async with httpx2.AsyncClient() as client:
+            answer = await client.request(method, target, headers=forward, content=body)
+        writer.write(f"HTTP/1.1 {answer.status_code} OK\r\n".encode())
+        for key, value in answer.headers.items():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length", "content-encoding"):
+                writer.write(f"{key}: {value}\r\n".encode())
+        writer.write(f"Content-Length: {len(answer.content)}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(answer.content)
+        await writer.drain()
+        writer.close()
+
+    proxy = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = proxy.sockets[0].getsockname()[1]
+    async with proxy:
+        http = await asyncio.to_thread(create_http_client, timeout=10, proxy=f"http://127.0.0.1:{port}")
+        async with http:
+            endpoint = OpenAIEndpoint.resolve(upstream.urls["openai"], None, SettingNames())
+            backend = OpenAIImagesBackend(endpoint=endpoint, http_client=http, max_retries=0)
+            (output,) = await backend.generate(gen(), api_key=KEY)
+    assert output.data
+    assert seen == [upstream.urls["openai"] + "/images/generations"]

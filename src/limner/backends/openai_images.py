@@ -30,6 +30,7 @@ from limner.backends.base import (
     GenerateRequest,
     ImageOutput,
     ModelProfile,
+    Progress,
     ProgressCallback,
 )
 from limner.backends.openai_profiles import OPENAI_PROFILES, permissive_profile
@@ -154,6 +155,7 @@ class OpenAIImagesBackend(Backend):
         http_client: httpx2.AsyncClient,
         timeout: float = 300.0,
         max_retries: int = 2,
+        partial_images: int = 0,
         setting_names: SettingNames | None = None,
         is_sandbox: bool = False,
     ) -> None:
@@ -162,6 +164,7 @@ class OpenAIImagesBackend(Backend):
         self.http_client = http_client
         self.timeout = timeout
         self.max_retries = max_retries
+        self.partial_images = partial_images
         self.names = setting_names or SettingNames()
         self.backend_name = "azure" if endpoint.is_azure else "openai"
         self.display_name = "limner's sandbox OpenAI emulator" if is_sandbox else endpoint.display_name
@@ -219,8 +222,11 @@ class OpenAIImagesBackend(Backend):
         )
         if self.profile(req.model).family == "dall-e":
             params["response_format"] = "b64_json"
-        response = await self._client(api_key).images.generate(**params)
-        return self._outputs(response, req.output_format)
+        client = self._client(api_key)
+        if self._streams(req.model, progress):
+            stream = await client.images.generate(stream=True, partial_images=self.partial_images, **params)
+            return await self._consume(stream, req.n, progress)
+        return self._outputs(await client.images.generate(**params), req.output_format)
 
     async def _edit(
         self, req: EditRequest, *, api_key: str | None, progress: ProgressCallback | None
@@ -239,8 +245,36 @@ class OpenAIImagesBackend(Backend):
         if req.mask is not None:
             params["mask"] = (req.mask.name, req.mask.data, req.mask.media_type)
         image_param: Any = files[0] if len(files) == 1 else files
-        response = await self._client(api_key).images.edit(image=image_param, **params)
-        return self._outputs(response, req.output_format)
+        client = self._client(api_key)
+        if self._streams(req.model, progress):
+            stream = await client.images.edit(
+                image=image_param, stream=True, partial_images=self.partial_images, **params
+            )
+            return await self._consume(stream, req.n, progress)
+        return self._outputs(await client.images.edit(image=image_param, **params), req.output_format)
+
+    def _streams(self, model: str, progress: ProgressCallback | None) -> bool:
+        """Stream only when someone watches and partial images are wanted (each costs output tokens)."""
+        return progress is not None and self.partial_images > 0 and self.profile(model).supports_streaming
+
+    async def _consume(self, stream: Any, n: int, progress: ProgressCallback | None) -> list[ImageOutput]:
+        """Read a stream: partial images go to ``progress``, completed events become the outputs."""
+        outputs: list[ImageOutput] = []
+        events, expected = 0, n * (self.partial_images + 1)
+        async for event in stream:
+            events += 1
+            if event.type.endswith("partial_image") and progress is not None:
+                partial = base64.b64decode(event.b64_json)
+                fmt = _MEDIA_TYPES.get(event.output_format or "png")
+                fraction = min(events / expected, 0.99)
+                await progress(Progress(fraction=fraction, partial_image=partial, partial_media_type=fmt))
+            elif event.type.endswith("completed"):
+                usage = event.usage.model_dump(exclude_none=True) if event.usage else None
+                details = _drop_none(size=event.size, quality=event.quality, background=event.background, usage=usage)
+                outputs.append(self._one_output(event, event.output_format or "png", details))
+        if not outputs:
+            raise self._bad_response("a stream without a completed image")
+        return outputs
 
     def _outputs(self, response: ImagesResponse, requested_format: str | None) -> list[ImageOutput]:
         if not isinstance(response, ImagesResponse) or not response.data:
@@ -260,7 +294,7 @@ class OpenAIImagesBackend(Backend):
     def _one_output(self, item: Any, fmt: str, details: dict[str, Any]) -> ImageOutput:
         common: dict[str, Any] = {
             "media_type": _MEDIA_TYPES.get(fmt),
-            "revised_prompt": item.revised_prompt,
+            "revised_prompt": getattr(item, "revised_prompt", None),
             "provider_details": details,
         }
         if item.b64_json:
@@ -268,7 +302,7 @@ class OpenAIImagesBackend(Backend):
                 return ImageOutput(data=base64.b64decode(item.b64_json, validate=True), **common)
             except (binascii.Error, ValueError) as exc:
                 raise self._bad_response("an image that is not valid base64") from exc
-        if item.url:
+        if getattr(item, "url", None):
             return ImageOutput(url=item.url, **common)
         raise self._bad_response("an entry with neither b64_json nor url")
 
