@@ -97,7 +97,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise _fail(exc) from None
 
 
-def _with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
+def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, with_tools: bool = False) -> T:
     """Open the local runtime (settings read before the event loop starts) and run ``work`` in it."""
     try:
         settings = _settings()
@@ -105,7 +105,7 @@ def _with_runtime(work: Callable[[Runtime], Awaitable[T]]) -> T:
         raise _fail(exc) from None
 
     async def main() -> T:
-        async with Runtime.open(settings) as runtime:
+        async with Runtime.open(settings, with_tools=with_tools) as runtime:
             if runtime.sandbox is not None:
                 err_console.print(f"[dim]sandbox: {runtime.sandbox.reason}; using the built-in emulators[/]")
             return await work(runtime)
@@ -126,6 +126,8 @@ def _main(
 ) -> None:
     """limner: image generation and editing as tools for AI agents."""
     _state["debug"] = debug
+    # One-shot commands say what matters themselves; library warnings would only repeat it.
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if version:
         console.print(__version__)
         raise typer.Exit()
@@ -147,9 +149,11 @@ def serve(
         err_console.print(f"[bold red]Error:[/] {exc.message}\n[yellow]What to do:[/] {exc.hint}")
         raise typer.Exit(exit_code_for(exc)) from None
     bind_host, bind_port = host or settings.host, settings.port if port is None else port
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
-    console.print(f"limner {__version__} on [bold]http://{bind_host}:{bind_port}[/] (data: {settings.data_dir})")
-    console.print("API docs at /docs. Create an API token with: limner tokens create --user YOUR_NAME")
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", force=True)
+    logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
+    url = f"http://{bind_host}:{bind_port}"
+    console.print(f"limner {__version__} on [bold]{url}[/] (data: {settings.data_dir})", soft_wrap=True)
+    console.print("API docs at /docs. Create an API token with: limner tokens create --user YOUR_NAME", soft_wrap=True)
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=settings.log_level.lower())
 
 
@@ -216,7 +220,7 @@ def generate(
     """Generate images from a prompt and store them in the library (and in --out)."""
     args = {"prompt": prompt, "size": size, "quality": quality, "background": background, "n": n}
     arguments = {k: v for k, v in args.items() if v is not None}
-    _with_runtime(lambda rt: _run_tool_locally(rt, tool, arguments, out))
+    _with_runtime(lambda rt: _run_tool_locally(rt, tool, arguments, out), with_tools=True)
 
 
 @app.command()
@@ -251,7 +255,7 @@ def edit(
             args["mask_image_id"] = record.id
         await _run_tool_locally(runtime, tool, {k: v for k, v in args.items() if v is not None}, out)
 
-    _with_runtime(work)
+    _with_runtime(work, with_tools=True)
 
 
 # --- images -------------------------------------------------------------------------------------

@@ -71,8 +71,12 @@ class Runtime:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator[Runtime]:
-        """Build everything; on exit close clients, stop the emulators and dispose of the engine."""
+    async def open(cls, settings: Settings, *, with_tools: bool = True) -> AsyncIterator[Runtime]:
+        """Build everything; on exit close clients, stop the emulators and dispose of the engine.
+
+        ``with_tools=False`` skips the tool families (no emulators, no upstream clients) for commands
+        that only manage users, tokens or stored images.
+        """
         async with AsyncExitStack() as stack:
             await anyio.to_thread.run_sync(lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
             db = await Database.open(settings.resolved_database_url)
@@ -90,8 +94,8 @@ class Runtime:
                 ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
                 policy,
             )
-            sandbox = await _start_sandbox(settings, stack)
-            families = [await _openai_family(settings, sandbox, stack)]
+            sandbox = await _start_sandbox(settings, stack) if with_tools else None
+            families = [await _openai_family(settings, sandbox, stack)] if with_tools else []
             yield cls(settings=settings, db=db, library=library, keyring=keyring, families=families, sandbox=sandbox)
 
     def tools(self) -> dict[str, ToolSpec[Any]]:
