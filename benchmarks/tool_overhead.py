@@ -36,6 +36,7 @@ import platform
 import random
 import secrets
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +64,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SCRIPT = Path(__file__).resolve()
 TARGET_ADDED_P50_MS = 10.0
 TARGET_COPIES = 2.0
+PILLOW_BYTES_PER_PIXEL = 4  # Pillow stores RGB and RGBA pixels in 32 bits
 
 
 # ================================================================================================
@@ -148,7 +150,9 @@ def _add(label: str, seconds: float) -> None:
 
 
 def _time_async(owner: Any, attr: str, label: str, *, mark_end: str | None = None) -> None:
-    original = getattr(owner, attr)
+    original = getattr(owner, attr, None)
+    if original is None:  # limner changed; that phase then simply reads as zero
+        return
 
     @functools.wraps(original)
     async def timed(*args: Any, **kwargs: Any) -> Any:
@@ -166,7 +170,9 @@ def _time_async(owner: Any, attr: str, label: str, *, mark_end: str | None = Non
 
 
 def _time_sync(owner: Any, attr: str, label: str, *, mark_start: str | None = None) -> None:
-    original = getattr(owner, attr)
+    original = getattr(owner, attr, None)
+    if original is None:
+        return
 
     @functools.wraps(original)
     def timed(*args: Any, **kwargs: Any) -> Any:
@@ -199,10 +205,13 @@ def _instrument() -> None:
     _time_sync(OpenAIImagesBackend, "_outputs", "b64_decode")
     _time_async(ImageLibrary, "save", "save")
     _time_async(ImageLibrary, "_insert", "save.db_insert")
-    _time_async(LocalBlobStore, "exists", "save.blob_exists")
+    _time_async(LocalBlobStore, "exists", "save.blob_check")
+    _time_async(LocalBlobStore, "touch", "save.blob_check")
     _time_async(LocalBlobStore, "put", "save.blob_write")
 
-    original = ImageLibrary._validate_and_hash
+    original = getattr(ImageLibrary, "_validate_and_hash", None)
+    if original is None:
+        return
 
     def validate(self: Any, data: bytes) -> Any:
         start = time.perf_counter()
@@ -565,28 +574,31 @@ async def burst(
     start = time.perf_counter()
     await asyncio.gather(*(one() for _ in range(total)))
     wall = time.perf_counter() - start
-    return {"wall_s": wall, "images_per_s": total / wall, "latency_ms": summary(latencies), "requests": total}
+    return {"wall_s": wall, "latencies_ms": latencies, "requests": total}
 
 
-async def throughput(clients: Clients, prompts: Prompts, total: int, concurrency: int) -> dict[str, Any]:
-    """Two rounds per path, A B then B A, so drift hits both alike."""
-    half = max(concurrency, total // 2)
+async def throughput(clients: Clients, prompts: Prompts, total: int, concurrency: int, rounds: int) -> dict[str, Any]:
+    """``rounds`` rounds per path, the order flipping every round (A B, B A, ...) so drift hits both alike."""
+    per_round = max(concurrency, total // rounds)
     runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "limner": []}
-    for order in (("baseline", "limner"), ("limner", "baseline")):
-        for path in order:
+    await clients.bench("records_on")
+    for index in range(rounds):
+        for path in ("baseline", "limner") if index % 2 == 0 else ("limner", "baseline"):
             call = clients.baseline if path == "baseline" else clients.tool
-            runs[path].append(await burst(call, prompts, f"tp-{path}", half, concurrency))
-    result: dict[str, Any] = {}
+            runs[path].append(await burst(call, prompts, f"tp-{path}", per_round, concurrency))
+    records = (await clients.bench("records_off"))["records"]
+    result: dict[str, Any] = {"rounds": rounds, "per_round": per_round}
     for path, parts in runs.items():
-        wall = sum(p["wall_s"] for p in parts)
-        requests = sum(p["requests"] for p in parts)
+        latencies = [ms for part in parts for ms in part["latencies_ms"]]
+        requests = sum(part["requests"] for part in parts)
         result[path] = {
             "requests": requests,
-            "images_per_s": requests / wall,
-            "latency_p50_ms": pct([p["latency_ms"]["p50"] for p in parts], 50),
-            "latency_p99_ms": max(p["latency_ms"]["p99"] for p in parts),
+            "images_per_s": requests / sum(part["wall_s"] for part in parts),
+            "rounds_images_per_s": [part["requests"] / part["wall_s"] for part in parts],
+            "latency_ms": summary(latencies),
         }
     result["ratio"] = result["limner"]["images_per_s"] / result["baseline"]["images_per_s"]
+    result["breakdown_ms"] = breakdown(records, None)
     return result
 
 
@@ -631,8 +643,9 @@ async def limner_memory(clients: Clients, prompts: Prompts, concurrency: int, ro
 
 
 async def baseline_memory(clients: Clients, prompts: Prompts, concurrency: int, rounds: int) -> dict[str, Any]:
-    """The same measure for the bare SDK client in this process (the floor limner builds on)."""
+    """The same measures for the bare SDK client in this process: the floor limner builds on."""
     per_burst: list[float] = []
+    single: list[float] = []
     tracemalloc.start(1)
     try:
         for _ in range(rounds):
@@ -640,19 +653,25 @@ async def baseline_memory(clients: Clients, prompts: Prompts, concurrency: int, 
             before = tracemalloc.get_traced_memory()[0]
             await _all_at_once(clients.baseline, prompts, "mem-base", concurrency)
             per_burst.append((tracemalloc.get_traced_memory()[1] - before) / concurrency)
+        for _ in range(rounds * 2):
+            tracemalloc.reset_peak()
+            before = tracemalloc.get_traced_memory()[0]
+            await clients.baseline(prompts.next("mem1-base"))
+            single.append(tracemalloc.get_traced_memory()[1] - before)
     finally:
         tracemalloc.stop()
-    return {"per_inflight_bytes": pct(per_burst, 50)}
+    return {"per_inflight_bytes": pct(per_burst, 50), "single_request_bytes": pct(single, 50)}
 
 
-def breakdown(records: list[dict[str, float]], client_ms: list[float]) -> list[tuple[str, dict[str, float]]]:
-    """Per-phase times (ms) of the sequential tool calls, from the timers in limner's process."""
+def breakdown(records: list[dict[str, float]], client_ms: list[float] | None) -> list[tuple[str, dict[str, float]]]:
+    """Per-phase times (ms) of tool calls, from the timers in limner's process; with the client's own
+    times of the same calls (sequential calls only), also the time spent outside the app."""
     columns: dict[str, list[float]] = {}
 
     def put(label: str, seconds: float) -> None:
         columns.setdefault(label, []).append(seconds * 1000)
 
-    for record, total_ms in zip(records, client_ms, strict=False):
+    for index, record in enumerate(records):
         if "_end" not in record or "_handler_at" not in record or "_tool_end" not in record:
             continue
         server = record["_end"] - record["_start"]
@@ -660,8 +679,9 @@ def breakdown(records: list[dict[str, float]], client_ms: list[float]) -> list[t
         save = record.get("save", 0.0)
         save_parts = sum(v for k, v in record.items() if k.startswith("save."))
         upstream = generate - record.get("sdk_client_build", 0.0) - record.get("b64_decode", 0.0)
-        put("outside the app: loopback HTTP, uvicorn, client", total_ms / 1000 - server)
-        put("request in: routing, body, auth (incl. commit)", record["_handler_at"] - record["_start"])
+        if client_ms is not None and index < len(client_ms):
+            put("outside the app: loopback HTTP, uvicorn, client", client_ms[index] / 1000 - server)
+        put("request in: routing, body, auth (session + commit)", record["_handler_at"] - record["_start"])
         put("  of which token query (UserRepository.by_token)", record.get("auth.query", 0.0))
         put("tool lookup: Runtime.tools()", record.get("tool_lookup", 0.0))
         put("args, key, checks, result text", record["run_tool"] - generate - save)
@@ -669,7 +689,7 @@ def breakdown(records: list[dict[str, float]], client_ms: list[float]) -> list[t
         put("upstream call via SDK (emulator + transport + parse)", upstream)
         put("base64 decode (also in the baseline)", record.get("b64_decode", 0.0))
         put("save: validate (full decode) + sha256, in a thread", record.get("save.validate_hash", 0.0))
-        put("save: blob exists?", record.get("save.blob_exists", 0.0))
+        put("save: blob exists/touch?", record.get("save.blob_check", 0.0))
         put("save: blob write + fsync", record.get("save.blob_write", 0.0))
         put("save: DB insert + commit", record.get("save.db_insert", 0.0))
         put("save: rest (locks, records)", save - save_parts)
@@ -741,7 +761,7 @@ async def _measure(
     limner_cpu = (await clients.bench("cpu"))["cpu"] - cpu_before
 
     log(f"throughput: {args.throughput_requests} requests per path at concurrency {args.concurrency}")
-    tput = await throughput(clients, prompts, args.throughput_requests, args.concurrency)
+    tput = await throughput(clients, prompts, args.throughput_requests, args.concurrency, args.throughput_rounds)
 
     log(f"memory: {args.memory_rounds} bursts of {args.concurrency} simultaneous calls per measure")
     mem = await limner_memory(clients, prompts, args.concurrency, args.memory_rounds)
@@ -756,6 +776,7 @@ async def _measure(
             "warmup": args.warmup,
             "concurrency": args.concurrency,
             "throughput_requests": args.throughput_requests,
+            "throughput_rounds": args.throughput_rounds,
             "memory_rounds": args.memory_rounds,
             "emulator_runner": args.emulator,
             "model": MODEL,
@@ -784,12 +805,17 @@ async def _measure(
         },
         "breakdown_ms": breakdown(records, seq["tool_ms"]),
         "throughput": tput,
-        "memory": mem | {"baseline_per_inflight_bytes": base_mem["per_inflight_bytes"]},
+        "memory": mem
+        | {
+            "baseline_per_inflight_bytes": base_mem["per_inflight_bytes"],
+            "baseline_single_request_bytes": base_mem["single_request_bytes"],
+        },
         "targets": {
             "added_p50_ms_under": TARGET_ADDED_P50_MS,
             "added_p50_met": added["p50"] < TARGET_ADDED_P50_MS,
             "copies_at_most": TARGET_COPIES,
-            "copies_met": mem["per_inflight_bytes"] / png <= TARGET_COPIES,
+            "copies_per_inflight_met": mem["per_inflight_bytes"] / png <= TARGET_COPIES,
+            "copies_single_request_met": mem["single_request_bytes"] / png <= TARGET_COPIES,
         },
     }
 
@@ -814,7 +840,8 @@ def render(result: dict[str, Any]) -> str:
         f"limner tool overhead: {TOOL}, {SIZE} PNG, quality={QUALITY}, model={MODEL}",
         f"  python {env['python']}, {env['cpus']} CPUs, openai {env['openai']}, httpx2 {env['httpx2']}, "
         f"uvicorn {env['uvicorn']}; emulator ({cfg['emulator_runner']}) and limner each in their own process",
-        f"  PNG from the emulator: {png / 1024:.1f} KiB (p50); N={cfg['n']} pairs after {cfg['warmup']} warm-up pairs",
+        f"  limner at {env.get('limner_git', 'unknown')}; PNG from the emulator: {png / 1024:.1f} KiB (p50); "
+        f"N={cfg['n']} pairs after {cfg['warmup']} warm-up pairs",
         "",
         f"  {'latency, sequential, A/B interleaved (ms)':<56}{_HEAD}",
         _row("A  direct openai SDK call + base64 decode (baseline)", result["latency_ms"]["baseline"]),
@@ -840,50 +867,81 @@ def render(result: dict[str, Any]) -> str:
 
 def _render_throughput(result: dict[str, Any]) -> list[str]:
     tput, conc = result["throughput"], result["config"]["concurrency"]
-    lines = [f"  throughput at concurrency {conc} ({tput['baseline']['requests']} requests per path, A B B A)"]
+    lines = [
+        f"  throughput at concurrency {conc}: {tput['rounds']} rounds of {tput['per_round']} requests per path,"
+        " order flipped every round",
+        f"  {'':<26}{'images/s':>9}{'rounds (min-max)':>20}{'latency p50':>14}{'p99':>9}",
+    ]
     for key, label in (("baseline", "A  direct SDK + decode"), ("limner", "B  limner tool call")):
         t = tput[key]
+        rates = t["rounds_images_per_s"]
         lines.append(
-            f"    {label:<26}{t['images_per_s']:8.1f} images/s   latency p50 {t['latency_p50_ms']:7.1f} ms, "
-            f"p99 {t['latency_p99_ms']:7.1f} ms"
+            f"    {label:<24}{t['images_per_s']:9.1f}{min(rates):13.1f} - {max(rates):5.1f}"
+            f"{t['latency_ms']['p50']:11.0f} ms{t['latency_ms']['p99']:6.0f} ms"
         )
-    lines.append(f"    {'B / A':<26}{tput['ratio']:8.2f}x")
+    lines += [
+        f"    {'B / A':<24}{tput['ratio']:8.2f}x",
+        "",
+        f"  {f'where a limner call spends its time at concurrency {conc} (ms)':<56}{_HEAD}",
+    ]
+    lines += [_row(label, stats) for label, stats in tput["breakdown_ms"]]
     return lines
 
 
 def _render_memory(result: dict[str, Any]) -> list[str]:
     mem, png, conc = result["memory"], result["png_bytes_p50"], result["config"]["concurrency"]
-    decoded_mb = mem["decoded_pixels"] * 3 / 2**20
+    pillow = mem["peak_concurrent_decodes"] * mem["decoded_pixels"] * PILLOW_BYTES_PER_PIXEL
 
-    def kib(value: float) -> str:
-        return f"{value / 1024:8.1f} KiB = {value / png:5.2f} copies"
+    def row(label: str, value: float, extra: str = "") -> str:
+        return f"    {label:<54}{value / 1024:8.1f} KiB = {value / png:5.2f} copies{extra}"
 
     return [
-        f"  memory per in-flight image at concurrency {conc} (1 copy = the PNG's {png / 1024:.1f} KiB)",
-        f"    limner, tracemalloc peak - level before, / {conc}  {kib(mem['per_inflight_bytes'])}"
-        f"  (worst burst {mem['per_inflight_bytes_max'] / png:.2f})",
-        f"    limner, one request alone (tracemalloc peak)      {kib(mem['single_request_bytes'])}",
-        f"    bare SDK client, same measure, this process       {kib(mem['baseline_per_inflight_bytes'])}",
-        f"    limner, RSS high-water growth / {conc} (C memory too)  {kib(mem['rss_growth_per_inflight_bytes'])}",
-        f"    full decodes in flight at once (Pillow, not traced): {mem['peak_concurrent_decodes']}"
-        f" x ~{decoded_mb:.1f} MiB of RGB pixels",
-        "    method: tracemalloc runs only in limner's process, only for these bursts (after warm-up), and",
-        "    counts Python allocations (bytes, str, objects), not Pillow's pixel buffers; RSS growth is",
-        "    after warm-up (the allocator reuses freed memory), so it is indicative only.",
+        f"  memory per in-flight image (1 copy = the PNG, {png / 1024:.1f} KiB; tracemalloc peak - level before)",
+        row(
+            f"B  limner, {conc} calls at once, peak / {conc}",
+            mem["per_inflight_bytes"],
+            f"   (worst burst {mem['per_inflight_bytes_max'] / png:.2f})",
+        ),
+        row(f"A  bare SDK + decode, {conc} calls at once, peak / {conc}", mem["baseline_per_inflight_bytes"]),
+        row("B  limner, one call alone", mem["single_request_bytes"]),
+        row("A  bare SDK + decode, one call alone", mem["baseline_single_request_bytes"]),
+        row(f"B  limner, RSS high-water growth / {conc} (C memory too)", mem["rss_growth_per_inflight_bytes"]),
+        f"    Pillow pixel buffers, not seen by tracemalloc: {mem['peak_concurrent_decodes']} full decodes at once"
+        f" x {mem['decoded_pixels'] * PILLOW_BYTES_PER_PIXEL / 2**20:.1f} MiB = {pillow / conc / 1024:.0f} KiB"
+        " per in-flight image",
+        "    method: tracemalloc runs in limner's own process (A: in this one) only for these bursts, after",
+        "    warm-up; it counts Python allocations (bytes, str, objects), not Pillow's C buffers. At concurrency",
+        "    the calls are staggered (most wait on the emulator), so peak / N is below the one-call peak. RSS",
+        "    growth is after warm-up, with the allocator reusing freed memory: indicative only.",
     ]
 
 
 def _render_targets(result: dict[str, Any]) -> list[str]:
-    t, png = result["targets"], result["png_bytes_p50"]
+    t, mem, png = result["targets"], result["memory"], result["png_bytes_p50"]
     added = result["added_ms"]["paired"]["p50"]
-    copies = result["memory"]["per_inflight_bytes"] / png
     yes = {True: "met", False: "NOT met"}
     return [
         f"  target: limner adds < {t['added_p50_ms_under']:g} ms at p50: {added:.2f} ms, {yes[t['added_p50_met']]}",
-        f"  target: <= {t['copies_at_most']:g} copies of an image's bytes per request: {copies:.2f}, "
-        f"{yes[t['copies_met']]}",
+        f"  target: <= {t['copies_at_most']:g} copies of an image's bytes per request: "
+        f"{mem['per_inflight_bytes'] / png:.2f} per in-flight image at concurrency, "
+        f"{yes[t['copies_per_inflight_met']]}; {mem['single_request_bytes'] / png:.2f} for one call alone, "
+        f"{yes[t['copies_single_request_met']]} (the bare SDK alone: {mem['baseline_single_request_bytes'] / png:.2f})",
         "  (a benchmark, not a test: numbers vary between machines and runs; compare within one run)",
     ]
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", *args], cwd=SCRIPT.parent.parent, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def _git_state() -> str:
+    """The commit the run measured, and whether ``src`` had uncommitted changes."""
+    try:
+        head, dirty = _git("rev-parse", "--short", "HEAD"), _git("status", "--porcelain", "--", "src")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head} (src modified)" if dirty else head
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -892,6 +950,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=50, help="in-flight calls for throughput and memory")
     parser.add_argument("--warmup", type=int, default=20, help="warm-up pairs (default 20)")
     parser.add_argument("--throughput-requests", type=int, default=400, help="requests per path at concurrency")
+    parser.add_argument("--throughput-rounds", type=int, default=4, help="alternating rounds per path (default 4)")
     parser.add_argument("--memory-rounds", type=int, default=3, help="bursts per memory measure (median)")
     parser.add_argument(
         "--emulator",
@@ -903,8 +962,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
     parser.add_argument("--role", choices=("client", "emulator", "limner"), default="client", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.n < 2 or args.concurrency < 1 or args.warmup < 0 or args.memory_rounds < 1:
-        parser.error("--n must be at least 2, --concurrency and --memory-rounds at least 1")
+    if args.n < 2 or min(args.concurrency, args.memory_rounds, args.throughput_rounds) < 1 or args.warmup < 0:
+        parser.error("--n must be at least 2; --concurrency, --memory-rounds, --throughput-rounds at least 1")
     return args
 
 
@@ -923,8 +982,10 @@ def main(argv: list[str] | None = None) -> None:
     started = time.perf_counter()
     result = asyncio.run(run(args, log))
     result["elapsed_s"] = time.perf_counter() - started
+    result["environment"]["limner_git"] = _git_state()
     if args.json:
         result["breakdown_ms"] = dict(result["breakdown_ms"])
+        result["throughput"]["breakdown_ms"] = dict(result["throughput"]["breakdown_ms"])
         print(json.dumps(result, indent=2))
     else:
         print(render(result))

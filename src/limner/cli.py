@@ -192,11 +192,7 @@ def _write_outputs(records: list[ImageRecord], blobs: list[bytes], out: Path | N
 
 
 async def _run_tool_locally(runtime: Runtime, tool: str, arguments: dict[str, Any], out: Path | None) -> None:
-    spec = runtime.tools().get(tool)
-    if spec is None:
-        status = next((st for s, st in runtime.all_tools() if s.name == tool), None)
-        reason = status.reason if status else "no such tool"
-        raise ConfigurationError(f"The tool {tool} is not available: {reason}.")
+    spec = runtime.tool(tool)
     user_id = await _local_user_id(runtime)
     with err_console.status(f"{tool}: waiting for the image service…"):
         result = await run_tool(spec, arguments, runtime.tool_context(user_id))

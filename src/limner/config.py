@@ -23,6 +23,7 @@ __all__ = ["USER_PROVIDED", "SandboxMode", "Settings", "load_settings"]
 
 USER_PROVIDED = "user_provided"
 DEFAULT_OAI_MODEL = "gpt-image-1.5"
+"""The default of IMAGE_GEN_OAI_MODEL: a current GPT image model (gpt-image-1 is shut down)."""
 
 
 def default_data_dir() -> Path:

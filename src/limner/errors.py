@@ -3,9 +3,12 @@
 ```
 LimnerError                         .message (safe to show)  .hint (what to do)  .code (stable snake_case)
 ├── ConfigurationError              an operator or user must change a setting
-│   └── MissingCredentialsError     names the env var AND the UI key setting
+│   ├── MissingCredentialsError     names the env var AND the UI key setting
+│   └── StoredKeyUnreadableError    a user's stored key no longer decrypts (CREDS_KEY changed)
 ├── InputError                      the request cannot be served as asked
 │   ├── ImageNotFoundError          unknown or not owned: one message, one status
+│   ├── ToolNotFoundError           no tool by that name
+│   ├── UnknownProviderError        no provider by that name takes a key
 │   ├── UnsupportedImageError       content is not an accepted image
 │   ├── ImageTooLargeError
 │   ├── UnsafeURLError              scheme, private address, redirect, size
@@ -47,6 +50,9 @@ __all__ = [
     "ProviderResponseError",
     "ProviderUnavailableError",
     "StorageError",
+    "StoredKeyUnreadableError",
+    "ToolNotFoundError",
+    "UnknownProviderError",
     "UnsafeURLError",
     "UnsupportedImageError",
     "UnsupportedOperationError",
@@ -95,6 +101,12 @@ class MissingCredentialsError(ConfigurationError):
         self.env_var = env_var
 
 
+class StoredKeyUnreadableError(ConfigurationError):
+    """The user can fix this one (by entering the key again), unlike most configuration errors."""
+
+    code = "stored_key_unreadable"
+
+
 class InputError(LimnerError):
     """The request cannot be served as asked; changing the request fixes it."""
 
@@ -112,6 +124,18 @@ class ImageNotFoundError(InputError):
             hint="Use an image ID from this conversation or from image_list; do not invent IDs.",
         )
         self.image_id = image_id
+
+
+class ToolNotFoundError(InputError):
+    """A tool name that does not exist (an unavailable tool is a ConfigurationError instead)."""
+
+    code = "tool_not_found"
+
+
+class UnknownProviderError(InputError):
+    """A provider name that takes no key here."""
+
+    code = "unknown_provider"
 
 
 class UnsupportedImageError(InputError):
@@ -219,19 +243,31 @@ class StorageError(LimnerError):
 
 
 _SECRET_PATTERNS = (
-    re.compile(r"(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}"),
-    re.compile(r"(?i)((?:api[-_]?key|authorization|bearer|token|secret|password)[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
+    # Bearer first: the generic key=value pattern below would otherwise eat only the word "Bearer".
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/\-]{8,}=*"),
+    re.compile(
+        r"(?i)((?:api[-_]?key|authorization|token|secret|password|key provided)[\"']?\s*[:=]?\s*[\"']?)"
+        r"(?!\[redacted\])[^\s\"',}]{6,}"
+    ),
+    re.compile(r"(?i)([?&](?:sig|signature|key|token|code|x-amz-signature|x-goog-signature)=)[^&\s\"']+"),
+    re.compile(r"((?:sk|gsk|xai|lmn)[-_][A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}"),
+    re.compile(r"(AIza)[A-Za-z0-9_\-]{20,}"),
+    re.compile(r"()\b[0-9a-f]{32}\b"),  # Azure keys are 32 hex characters
     re.compile(r"(data:[a-z/+.-]+;base64,)[A-Za-z0-9+/=]{32,}"),
 )
 
 
-def redact(text: str, *, limit: int = 500) -> str:
-    """Strip keys, bearer tokens and base64 payloads from upstream text before it is logged or shown.
+def redact(text: str, *, secrets: tuple[str, ...] = (), limit: int = 500) -> str:
+    """Strip keys, bearer tokens, signatures and base64 payloads from text before it is logged or shown.
 
-    Upstream error bodies sometimes echo part of the key or a whole image; neither may reach a log, the
-    LLM or an API response. The result is also cut to ``limit`` characters.
+    Upstream error bodies sometimes echo the key (or part of it), a signed URL or a whole image; none of
+    them may reach a log, the LLM or an API response. ``secrets`` are values known to be secret (the key
+    used for the call) and are replaced wherever they appear, whatever their shape. The patterns catch
+    the common shapes of keys we were not told about. The result is cut to ``limit`` characters.
     """
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
     for pattern in _SECRET_PATTERNS:
         text = pattern.sub(r"\1[redacted]", text)
     return text if len(text) <= limit else text[: limit - 1] + "…"

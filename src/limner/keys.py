@@ -16,6 +16,7 @@ import base64
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import anyio.to_thread
@@ -28,7 +29,7 @@ from pydantic import SecretStr
 from limner.config import operator_key
 from limner.db.repositories import CredentialRepository
 from limner.db.session import Database
-from limner.errors import ConfigurationError, MissingCredentialsError
+from limner.errors import ConfigurationError, MissingCredentialsError, StoredKeyUnreadableError
 
 __all__ = ["CredentialCipher", "KeyRing", "KeySource", "load_cipher"]
 
@@ -58,9 +59,9 @@ class CredentialCipher:
                 raise ValueError(version)
             return self._aead.decrypt(raw[:12], raw[12:], _aad(user_id, provider)).decode()
         except (InvalidTag, ValueError) as exc:
-            raise ConfigurationError(
+            raise StoredKeyUnreadableError(
                 f"Your stored key for {provider} can no longer be decrypted.",
-                hint="CREDS_KEY may have changed; enter the key again in Settings.",
+                hint=f"CREDS_KEY may have changed; enter the key again in Settings (PUT /api/keys/{provider}).",
             ) from exc
 
 
@@ -68,22 +69,47 @@ def _aad(user_id: str, provider: str) -> bytes:
     return f"{user_id}\x00{provider}".encode()
 
 
+_MIN_SECRET = 32
+
+
 async def load_cipher(creds_key: SecretStr | None, data_dir: Path) -> CredentialCipher:
     """The cipher from CREDS_KEY, or from the generated key file (created on first use)."""
     if creds_key is not None and creds_key.get_secret_value().strip():
-        return CredentialCipher(creds_key.get_secret_value().strip().encode())
-    secret = await anyio.to_thread.run_sync(lambda: _read_or_create_key_file(data_dir / _KEY_FILE))
-    return CredentialCipher(secret)
+        secret = creds_key.get_secret_value().strip().encode()
+        if len(secret) < _MIN_SECRET:
+            raise ConfigurationError(
+                f"CREDS_KEY is too short ({len(secret)} characters; at least {_MIN_SECRET} are needed).",
+                hint="Use 64 random hex characters, e.g. the output of: openssl rand -hex 32",
+            )
+        return CredentialCipher(secret)
+    path = data_dir / _KEY_FILE
+    return CredentialCipher(await anyio.to_thread.run_sync(lambda: _read_or_create_key_file(path)))
 
 
 def _read_or_create_key_file(path: Path) -> bytes:
-    if path.exists():
-        return path.read_bytes().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_hex(32).encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(secret)
+    """Read the generated key, or create it atomically: written in full to a temporary file, fsynced,
+    then linked into place, so a crash never leaves an empty key and two first starts agree.
+    """
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_KEY_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(secrets.token_hex(32).encode())
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)  # fails if another process won the race: then use theirs
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    secret = path.read_bytes().strip()
+    if len(secret) < _MIN_SECRET:
+        raise ConfigurationError(
+            f"The generated credentials key {path} is damaged.",
+            hint="Set CREDS_KEY, or delete the file (stored user keys will then need to be entered again).",
+        )
     return secret
 
 
@@ -120,11 +146,10 @@ class KeyRing:
         async with self.db.unit_of_work() as session:
             return await CredentialRepository(session, user_id).remove(provider)
 
-    async def stored(self, user_id: str) -> dict[str, str]:
-        """Provider to ISO time of the last change, for ``GET /api/keys`` (never the key)."""
+    async def stored(self, user_id: str) -> dict[str, datetime]:
+        """Provider to the time of the last change, for ``GET /api/keys`` (never the key)."""
         async with self.db.unit_of_work() as session:
-            found = await CredentialRepository(session, user_id).providers()
-        return {provider: when.isoformat() for provider, when in found.items()}
+            return await CredentialRepository(session, user_id).providers()
 
     async def user_key(self, user_id: str, provider: str) -> str | None:
         """The user's own decrypted key, if stored."""

@@ -18,7 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
+import httpx2
 from pydantic import BaseModel, ConfigDict
 
 from limner.backends.base import ImageOutput
@@ -121,11 +123,19 @@ class _Prepared:
 class ImageLibrary:
     """Saves, reads, lists and deletes images, always on behalf of one owner."""
 
-    def __init__(self, db: Database, store: BlobStore, limits: ImageLimits, fetch_policy: FetchPolicy) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: BlobStore,
+        limits: ImageLimits,
+        fetch_policy: FetchPolicy,
+        fetch_client: httpx2.AsyncClient | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.limits = limits
         self.fetch_policy = fetch_policy
+        self.fetch_client = fetch_client
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
 
     # --- writing -------------------------------------------------------------------------------
@@ -139,11 +149,12 @@ class ImageLibrary:
         fetch_policy: FetchPolicy | None = None,
     ) -> list[ImageRecord]:
         """Validate and store every output (all or none); returns the new records in order."""
-        prepared = [await self._prepare(output, fetch_policy or self.fetch_policy) for output in outputs]
+        policy, provider = fetch_policy or self.fetch_policy, provenance.backend or "url"
+        prepared = [await self._prepare(output, policy, provider) for output in outputs]
         keys = [_storage_key(p.sha256) for p in prepared]
         async with self._locked(keys):
             for item, key in zip(prepared, keys, strict=True):
-                if not await self.store.exists(key):
+                if not await self.store.touch(key):  # a reused blob is marked fresh for the sweep
                     await self.store.put(key, item.info.data)
             try:
                 rows = await self._insert(owner_id, prepared, keys, provenance)
@@ -152,11 +163,12 @@ class ImageLibrary:
                 raise
         return [ImageRecord.model_validate(row) for row in rows]
 
-    async def _prepare(self, output: ImageOutput, policy: FetchPolicy) -> _Prepared:
+    async def _prepare(self, output: ImageOutput, policy: FetchPolicy, provider: str) -> _Prepared:
         data = output.data
         if data is None:
             assert output.url is not None  # guaranteed by ImageOutput's validator
-            data = (await safe_fetch(output.url, policy=policy)).data
+            fetched = await safe_fetch(output.url, policy=policy, client=self.fetch_client, provider=provider)
+            data = fetched.data
         info, digest = await anyio.to_thread.run_sync(lambda: self._validate_and_hash(data))
         return _Prepared(info=info, sha256=digest, output=output)
 
@@ -177,7 +189,14 @@ class ImageLibrary:
         return rows
 
     async def _forget_unreferenced(self, keys: Sequence[str]) -> None:
-        """After a failed insert, remove blobs that no row points at (best effort; the sweep is the net)."""
+        """After a failed insert, remove blobs that no row points at (best effort; the sweep is the net).
+
+        Shielded: this also runs when the save was cancelled (a client went away mid-save).
+        """
+        with anyio.CancelScope(shield=True):
+            await self._forget_unreferenced_now(keys)
+
+    async def _forget_unreferenced_now(self, keys: Sequence[str]) -> None:
         try:
             async with self.db.unit_of_work() as session:
                 refs = StorageKeyRepository(session)
@@ -245,8 +264,12 @@ class ImageLibrary:
         key = _thumbnail_key(row.sha256)
         if await self.store.exists(key):
             return await self.store.get(key)
-        thumb = await make_thumbnail(await self.store.get(row.storage_key), THUMBNAIL_SIDE)
-        await self.store.put(key, thumb)
+        source = await self.store.get(row.storage_key)
+        thumb = await make_thumbnail(source, THUMBNAIL_SIDE)
+        # under the lock, so that a delete in between does not leave the thumbnail behind
+        async with self._locked([row.storage_key]), self.db.unit_of_work() as session:
+            if await StorageKeyRepository(session).references(row.storage_key):
+                await self.store.put(key, thumb)
         return thumb
 
     # --- deleting ------------------------------------------------------------------------------
@@ -263,7 +286,11 @@ class ImageLibrary:
                 await self.store.delete(_thumbnail_key(row.sha256))
 
     async def sweep(self, min_age: float = 3600.0) -> SweepReport:
-        """Remove blobs no row points at (older than ``min_age`` s, so in-flight saves are safe)."""
+        """Remove blobs no row points at (older than ``min_age`` s, so in-flight saves are safe).
+
+        Each candidate is re-checked under its stripe lock, against a fresh reference count and a fresh
+        modification time, just before it is deleted: a save that reused the blob meanwhile wins.
+        """
         async with self.db.unit_of_work() as session:
             referenced = await StorageKeyRepository(session).all_keys()
         referenced_shas = {key.rsplit("/", 1)[-1] for key in referenced}
@@ -272,13 +299,24 @@ class ImageLibrary:
             seen.add(key)
             sha = key.rsplit("/", 1)[-1].split(".", 1)[0]
             if key not in referenced and sha not in referenced_shas and mtime <= cutoff:
-                await self.store.delete(key)
-                removed += 1
+                removed += await self._remove_if_orphan(key, _storage_key(sha), cutoff)
         temporaries = await self.store.remove_stale_temporaries(min_age)
         missing = sorted(referenced - seen)
         if missing:
             log.error("%d image records point at missing blobs", len(missing))
         return SweepReport(orphan_blobs_removed=removed, temporaries_removed=temporaries, rows_missing_blobs=missing)
+
+    async def _remove_if_orphan(self, key: str, image_key: str, cutoff: float) -> int:
+        async with self._locked([image_key]):
+            async with self.db.unit_of_work() as session:
+                referenced = await StorageKeyRepository(session).references(image_key)
+            if referenced:
+                return 0
+            modified = await self.store.modified(key)
+            if modified is None or modified > cutoff:
+                return 0
+            await self.store.delete(key)
+            return 1
 
     def _locked(self, keys: Sequence[str]) -> _MultiLock:
         stripes = sorted({hash(key) % _LOCK_STRIPES for key in keys})

@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from limner.backends.openai_images import OpenAIEndpoint, OpenAIImagesBackend, SettingNames
 from limner.config import SandboxMode, Settings
 from limner.db.session import Database
+from limner.errors import ConfigurationError, ToolNotFoundError
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
@@ -93,6 +94,7 @@ class Runtime:
                 LocalBlobStore(settings.data_dir / "blobs"),
                 ImageLimits(max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels),
                 policy,
+                fetch_client=await _http_client(settings, stack, sandbox=False),
             )
             sandbox = await _start_sandbox(settings, stack) if with_tools else None
             families = [await _openai_family(settings, sandbox, stack)] if with_tools else []
@@ -105,6 +107,16 @@ class Runtime:
             if family.status.available:
                 found.update({spec.name: spec for spec in family.tools()})
         return found
+
+    def tool(self, name: str) -> ToolSpec[Any]:
+        """The tool to run; a ConfigurationError saying why when it exists but is unavailable."""
+        spec = self.tools().get(name)
+        if spec is not None:
+            return spec
+        status = next((st for s, st in self.all_tools() if s.name == name), None)
+        if status is not None:
+            raise ConfigurationError(f"The tool {name} is not available: {status.reason}.")
+        raise ToolNotFoundError(f"There is no tool named {name!r}.", hint="GET /api/tools lists the tools.")
 
     def all_tools(self) -> list[tuple[ToolSpec[Any], FamilyStatus | None]]:
         """Every tool, available or not, with its family's status (library tools have none)."""
@@ -122,9 +134,14 @@ class Runtime:
         return {fid: f.key_source for fid, f in self.families.items() if f.key_source is not None}
 
 
+def _openai_configured(settings: Settings) -> bool:
+    """A key (even ``user_provided``) or a base URL means the operator chose this family."""
+    return settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
+
+
 def any_provider_configured(settings: Settings) -> bool:
     """Whether the operator configured any image provider (then ``auto`` keeps the sandbox off)."""
-    return settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
+    return _openai_configured(settings)
 
 
 def _sandbox_reason(settings: Settings) -> str | None:
@@ -166,7 +183,7 @@ async def _openai_family(settings: Settings, sandbox: SandboxInfo | None, stack:
         edit_prompt=settings.image_edit_oai_prompt_description,
     )
     model = settings.image_gen_oai_model
-    configured = settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
+    configured = _openai_configured(settings)
     common: dict[str, Any] = {"model": model, "descriptions": descriptions}
     if sandbox is not None:
         backend = OpenAIImagesBackend(

@@ -80,7 +80,7 @@ async def test_invalid_arguments_are_a_clear_4xx(api: httpx2.AsyncClient, alice:
     response = await call(api, headers, "image_gen_oai", prompt="x", colour="red")
     assert response.status_code == 400 and "colour" in response.json()["error"]["message"]
     response = await call(api, headers, "no_such_tool", prompt="x")
-    assert response.status_code == 400 and response.json()["error"]["code"] == "tool_not_found"
+    assert response.status_code == 404 and response.json()["error"]["code"] == "tool_not_found"
 
 
 async def test_tool_listing(api: httpx2.AsyncClient, alice: Auth) -> None:
@@ -118,4 +118,7 @@ async def test_keys_are_stored_and_never_returned(api: httpx2.AsyncClient, alice
     assert (await api.delete("/api/keys/image_gen_oai", headers=headers)).status_code == 204
     assert (await api.get("/api/keys", headers=headers)).json()["keys"][0]["is_set"] is False
     unknown = await api.put("/api/keys/nope", headers=headers, json={"key": "x"})
-    assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "unknown_provider"
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_provider"
+    blank = await api.put("/api/keys/image_gen_oai", headers=headers, json={"key": "   "})
+    assert blank.status_code == 422
+    assert (await api.get("/api/keys", headers=headers)).json()["keys"][0]["is_set"] is False

@@ -25,7 +25,7 @@ from limner.errors import (
     UnsupportedOperationError,
 )
 from limner.net import create_http_client
-from limner.sandbox.faults import Fault
+from limner.sandbox.faults import Fault, FaultKind
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
@@ -326,3 +326,45 @@ async def test_requests_go_through_the_configured_proxy(upstream: Upstream) -> N
             (output,) = await backend.generate(gen(), api_key=KEY)
     assert output.data
     assert seen == [upstream.urls["openai"] + "/images/generations"]
+
+
+async def test_moderation_inside_a_stream_is_a_content_policy_error(upstream: Upstream) -> None:
+    upstream.emulator.faults.add(
+        Fault(
+            kind=FaultKind.STREAM_ERROR,
+            body={
+                "message": "blocked",
+                "type": "image_generation_user_error",
+                "code": "moderation_blocked",
+                "param": None,
+            },
+        )
+    )
+
+    async def progress(update: Progress) -> None:
+        pass
+
+    with pytest.raises(ContentPolicyError):
+        await upstream.backend(partial_images=2).generate(gen(), api_key=KEY, progress=progress)
+
+
+async def test_azure_content_filter_code_is_a_content_policy_error(upstream: Upstream) -> None:
+    body = {"error": {"code": "content_filter", "message": "The response was filtered.", "param": "prompt"}}
+    upstream.emulator.faults.add(Fault.raw_error(400, body))
+    base = upstream.urls["azure_openai"] + "/openai/deployments/my-images"
+    with pytest.raises(ContentPolicyError):
+        await upstream.backend(base, "2025-04-01-preview").generate(gen(model="my-images"), api_key=KEY)
+
+
+async def test_the_calls_key_never_appears_in_an_error(upstream: Upstream) -> None:
+    body = {"error": {"message": f"Your key {KEY} is bad", "type": "x", "param": None, "code": None}}
+    upstream.emulator.faults.add(Fault.raw_error(400, body))
+    with pytest.raises(ProviderRequestError) as caught:
+        await upstream.backend().generate(gen(), api_key=KEY)
+    assert KEY not in str(caught.value) and "[redacted]" in str(caught.value)
+
+
+def test_endpoint_records_drop_credentials() -> None:
+    from limner.backends.base import public_url
+
+    assert public_url("https://user:pw@gw.example:8443/v1?key=abc#x") == "https://gw.example:8443/v1"

@@ -31,7 +31,20 @@ async def test_generated_key_file_is_private_and_stable(tmp_path: Path) -> None:
     mode = stat.S_IMODE((tmp_path / "creds.key").stat().st_mode)
     assert mode == 0o600
     assert (await load_cipher(None, tmp_path)).decrypt(sealed, user_id="u", provider="p") == "k"
-    assert (await load_cipher(SecretStr("abc"), tmp_path)).encrypt("k", user_id="u", provider="p") != sealed
+    other = await load_cipher(SecretStr("f34be427ebb29de8d88c107a71546019685ed8b241d8f2ed00c3df97ad2566f0"), tmp_path)
+    with pytest.raises(ConfigurationError):
+        other.decrypt(sealed, user_id="u", provider="p")
+
+
+async def test_short_creds_key_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="CREDS_KEY is too short"):
+        await load_cipher(SecretStr("abc"), tmp_path)
+
+
+async def test_damaged_key_file_is_refused_not_used(tmp_path: Path) -> None:
+    (tmp_path / "creds.key").write_bytes(b"")
+    with pytest.raises(ConfigurationError, match="damaged"):
+        await load_cipher(None, tmp_path)
 
 
 async def test_resolution_chain(runtime: Runtime) -> None:

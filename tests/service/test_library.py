@@ -130,3 +130,20 @@ async def test_thumbnail_is_made_once(runtime: Runtime) -> None:
     first = await runtime.library.thumbnail(owner, record.id)
     assert images.size_of(first) == (256, 128)
     assert await runtime.library.thumbnail(owner, record.id) == first
+
+
+async def test_reusing_an_old_orphan_blob_protects_it_from_the_sweep(runtime: Runtime) -> None:
+    owner, _ = await create_user(runtime, "ann")
+    data = images.png(color=(7, 7, 7))
+    (first,) = await runtime.library.save(owner, [ImageOutput(data=data)], UPLOAD)
+    await runtime.library.delete(owner, first.id)
+    key = "images/" + first.sha256[:2] + "/" + first.sha256
+    await runtime.library.store.put(key, data)  # an orphan left by a crash, say
+    path = runtime.settings.data_dir / "blobs" / key
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    (second,) = await runtime.library.save(owner, [ImageOutput(data=data)], UPLOAD)  # reuses the blob
+    report = await runtime.library.sweep(min_age=3600)
+    assert report.orphan_blobs_removed == 0
+    ((_, blob),) = await runtime.library.read_many(owner, [second.id])
+    assert blob == data

@@ -75,3 +75,28 @@ def test_every_field_has_a_docstring_and_an_env_name() -> None:
     for name, field in Settings.model_fields.items():
         assert field.description, name
         assert Settings.env_names()[name], name
+
+
+@pytest.mark.parametrize(
+    ("text", "leak"),
+    [
+        ("Authorization: Bearer lmn_abcdefghijklmnop123", "lmn_abcdefghijklmnop123"),
+        ("Incorrect API key provided: 0123456789abcdef0123456789abcdef.", "0123456789abcdef0123456789abcdef"),
+        ("Incorrect API key provided: sk-proj-abcdefghijklmnop1234.", "abcdefghijklmnop1234"),
+        ("keys gsk_abcdefghijkl, xai-abcdefghijkl and AIzaSyA-1234567890abcdefghijk", "abcdefghijkl"),
+        ("https://x.blob.core.windows.net/a.png?sv=2020&sig=abcDEF%2B123&se=1", "abcDEF%2B123"),
+        ('{"api_key": "secret-value-1234"}', "secret-value-1234"),
+        ("data:image/png;base64," + "A" * 100, "A" * 40),
+    ],
+)
+def test_redact_removes_secrets(text: str, leak: str) -> None:
+    from limner.errors import redact
+
+    assert leak not in redact(text)
+
+
+def test_redact_removes_a_known_secret_of_any_shape() -> None:
+    from limner.errors import redact
+
+    assert "hunter2hunter2" not in redact("upstream said: key hunter2hunter2 invalid", secrets=("hunter2hunter2",))
+    assert redact("The size is not supported by this model.") == "The size is not supported by this model."

@@ -16,13 +16,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import __version__
 from limner.api.errors import error_body, install_error_handlers
 from limner.api.routes import health, images, keys, tools
-from limner.api.schemas import ErrorResponse
 from limner.config import Settings
 from limner.runtime import Runtime
 
 __all__ = ["create_app"]
-
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 429, 500, 502, 503)}
 
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
@@ -42,7 +39,6 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         version=__version__,
         summary="Image generation and editing as tools for AI agents.",
         lifespan=lifespan,
-        responses=_ERRORS,  # type: ignore[arg-type]
     )
     if runtime is not None:
         app.state.runtime = runtime

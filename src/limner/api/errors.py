@@ -7,12 +7,14 @@ a 502, never a 401: a 401 from limner means the caller's own token is wrong and 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from limner.api.schemas import ErrorResponse
 from limner.errors import (
     ConfigurationError,
     ContentPolicyError,
@@ -25,20 +27,26 @@ from limner.errors import (
     ProviderRateLimitError,
     ProviderUnavailableError,
     StorageError,
+    StoredKeyUnreadableError,
+    ToolNotFoundError,
+    UnknownProviderError,
     UnsupportedImageError,
 )
 
-__all__ = ["STATUS_TABLE", "error_body", "install_error_handlers", "status_for"]
+__all__ = ["ERROR_RESPONSES", "STATUS_TABLE", "error_body", "install_error_handlers", "status_for"]
 
 log = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides.
 STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
     (ImageNotFoundError, 404),
+    (ToolNotFoundError, 404),
+    (UnknownProviderError, 404),
     (ImageTooLargeError, 413),
     (UnsupportedImageError, 415),
     (InputError, 400),
     (MissingCredentialsError, 400),
+    (StoredKeyUnreadableError, 400),
     (ConfigurationError, 503),
     (ProviderRateLimitError, 429),
     (ContentPolicyError, 422),
@@ -47,6 +55,23 @@ STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
     (StorageError, 500),
     (LimnerError, 500),
 )
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in (
+        (400, "Invalid input, or a provider key is missing"),
+        (401, "No valid API token"),
+        (404, "Unknown or foreign ID (the same answer for both), or unknown tool or provider"),
+        (413, "Image too large"),
+        (415, "Not an accepted image"),
+        (422, "Malformed request body, or refused by the provider's content policy"),
+        (429, "The provider is rate limiting"),
+        (500, "Storage or internal failure"),
+        (502, "The provider failed (rejected key, quota, bad answer)"),
+        (503, "Not configured, or the provider is unavailable"),
+    )
+}
+"""The error answers every authenticated route can give, for the OpenAPI document."""
 
 _HTTP_CODES = {
     401: "unauthorized",

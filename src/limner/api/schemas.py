@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from limner.library import ImageRecord
 
 __all__ = [
     "ErrorBody",
     "ErrorResponse",
+    "FamilyHealthOut",
     "FamilyOut",
     "HealthOut",
     "ImageDetailOut",
@@ -21,6 +22,7 @@ __all__ = [
     "KeyStatusOut",
     "KeysOut",
     "ParentOut",
+    "SandboxOut",
     "ToolOut",
     "ToolResultOut",
     "ToolsOut",
@@ -135,7 +137,9 @@ class ToolResultOut(BaseModel):
 
 
 class KeyIn(BaseModel):
-    """A provider key to store (encrypted; never returned)."""
+    """A provider key to store (encrypted; never returned). Surrounding whitespace is removed first."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
 
     key: str = Field(min_length=1, max_length=4096)
 
@@ -145,7 +149,7 @@ class KeyStatusOut(BaseModel):
 
     provider: str
     is_set: bool
-    updated_at: str | None
+    updated_at: datetime | None
     has_operator_key: bool
     accepts_user_key: bool
 
@@ -156,10 +160,25 @@ class KeysOut(BaseModel):
     keys: list[KeyStatusOut]
 
 
+class SandboxOut(BaseModel):
+    """Whether the built-in emulators stand in for the providers, and why."""
+
+    active: bool
+    reason: str | None
+
+
+class FamilyHealthOut(BaseModel):
+    """One tool family's availability."""
+
+    id: str
+    available: bool
+    is_sandbox: bool
+
+
 class HealthOut(BaseModel):
     """Liveness and what is configured."""
 
     status: str
     version: str
-    sandbox: dict[str, Any]
-    families: list[dict[str, Any]]
+    sandbox: SandboxOut
+    families: list[FamilyHealthOut]

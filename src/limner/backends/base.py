@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from limner.errors import LimnerError, UnsupportedOperationError
+from limner.errors import LimnerError, UnsupportedOperationError, redact
 
 __all__ = [
     "Backend",
@@ -29,6 +30,7 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "SizeRule",
+    "public_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,17 +174,6 @@ class ModelProfile:
         if req.mask is not None and not self.supports_mask:
             raise UnsupportedOperationError(f"{self.name} does not support masks.")
 
-    def schema_hints(self) -> dict[str, Any]:
-        """Enums for the LLM-facing tool schema, taken from the profile."""
-        return {
-            "sizes": list(self.sizes),
-            "qualities": list(self.qualities),
-            "backgrounds": list(self.backgrounds),
-            "max_n": self.max_n,
-            "max_prompt_chars": self.max_prompt_chars,
-            "max_input_images": self.max_input_images,
-        }
-
 
 def _check_choice(model: str, name: str, value: str | None, allowed: tuple[str, ...]) -> None:
     if value is None or value in allowed:
@@ -270,7 +261,7 @@ class Backend:
     profiles: ClassVar[dict[str, ModelProfile]] = {}
 
     def __init__(self, *, endpoint: str, is_sandbox: bool = False) -> None:
-        self.endpoint = endpoint
+        self.endpoint = public_url(endpoint)
         self.is_sandbox = is_sandbox
 
     def profile(self, model: str) -> ModelProfile:
@@ -287,7 +278,7 @@ class Backend:
     ) -> list[ImageOutput]:
         """Check against the profile, then call upstream inside the error mapping."""
         self.profile(req.model).check_generate(req)
-        with self._errors():
+        with self._errors(api_key):
             return await self._generate(req, api_key=api_key, progress=progress)
 
     async def edit(
@@ -295,7 +286,7 @@ class Backend:
     ) -> list[ImageOutput]:
         """Check against the profile, then call upstream inside the error mapping."""
         self.profile(req.model).check_edit(req)
-        with self._errors():
+        with self._errors(api_key):
             return await self._edit(req, api_key=api_key, progress=progress)
 
     async def _generate(
@@ -313,14 +304,35 @@ class Backend:
         return None
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self, api_key: str | None) -> Iterator[None]:
+        """The one place foreign exceptions become LimnerErrors; the call's key is scrubbed from them."""
+        secrets = (api_key,) if api_key else ()
         try:
             yield
-        except LimnerError:
+        except LimnerError as exc:
+            _scrub(exc, secrets)
             raise
         except Exception as exc:
             mapped = self._map_error(exc)
             if mapped is None:
                 raise
+            _scrub(mapped, secrets)
             log.info("%s: %s (%s)", self.name, mapped.code, type(exc).__name__)
             raise mapped from exc
+
+
+def _scrub(exc: LimnerError, secrets: tuple[str, ...]) -> None:
+    exc.message = redact(exc.message, secrets=secrets, limit=2000)
+    if exc.hint:
+        exc.hint = redact(exc.hint, secrets=secrets, limit=2000)
+    exc.args = (exc.message,)
+
+
+def public_url(url: str) -> str:
+    """A URL fit for messages and records: no user name, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))

@@ -32,6 +32,7 @@ from limner.backends.base import (
     ModelProfile,
     Progress,
     ProgressCallback,
+    public_url,
 )
 from limner.backends.openai_profiles import OPENAI_PROFILES, permissive_profile
 from limner.errors import (
@@ -61,7 +62,15 @@ _QUOTA_CODES = frozenset(
         "billing_hard_limit_reached",
     }
 )
-_POLICY_CODES = frozenset({"moderation_blocked", "content_policy_violation", "contentFilter"})
+_POLICY_CODES = frozenset(
+    {
+        "moderation_blocked",
+        "content_policy_violation",
+        "contentFilter",
+        "content_filter",
+        "ResponsibleAIPolicyViolation",
+    }
+)
 _MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 
 
@@ -105,7 +114,7 @@ class OpenAIEndpoint:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ConfigurationError(
-                f"{names.base_url} must be an http(s) URL; got {base_url!r}.",
+                f"{names.base_url} must be an http(s) URL; got {public_url(base_url)!r}.",
                 hint="For example https://api.openai.com/v1 or https://RES.openai.azure.com/openai/deployments/DEP.",
             )
         path = parts.path.rstrip("/")
@@ -261,17 +270,20 @@ class OpenAIImagesBackend(Backend):
         """Read a stream: partial images go to ``progress``, completed events become the outputs."""
         outputs: list[ImageOutput] = []
         events, expected = 0, n * (self.partial_images + 1)
-        async for event in stream:
-            events += 1
-            if event.type.endswith("partial_image") and progress is not None:
-                partial = base64.b64decode(event.b64_json)
-                fmt = _MEDIA_TYPES.get(event.output_format or "png")
-                fraction = min(events / expected, 0.99)
-                await progress(Progress(fraction=fraction, partial_image=partial, partial_media_type=fmt))
-            elif event.type.endswith("completed"):
-                usage = event.usage.model_dump(exclude_none=True) if event.usage else None
-                details = _drop_none(size=event.size, quality=event.quality, background=event.background, usage=usage)
-                outputs.append(self._one_output(event, event.output_format or "png", details))
+        async with stream:  # closes the connection even when a progress listener fails
+            async for event in stream:
+                events += 1
+                if event.type.endswith("partial_image") and progress is not None:
+                    partial = base64.b64decode(event.b64_json)
+                    fmt = _MEDIA_TYPES.get(event.output_format or "png")
+                    fraction = min(events / expected, 0.99)
+                    await progress(Progress(fraction=fraction, partial_image=partial, partial_media_type=fmt))
+                elif event.type.endswith("completed"):
+                    usage = event.usage.model_dump(exclude_none=True) if event.usage else None
+                    details = _drop_none(
+                        size=event.size, quality=event.quality, background=event.background, usage=usage
+                    )
+                    outputs.append(self._one_output(event, event.output_format or "png", details))
         if not outputs:
             raise self._bad_response("a stream without a completed image")
         return outputs
@@ -318,19 +330,23 @@ class OpenAIImagesBackend(Backend):
 
     def _map_error(self, exc: Exception) -> LimnerError | None:
         """The one place where SDK and transport exceptions become limner errors."""
-        if isinstance(exc, openai.APIStatusError):
-            return self._map_status(exc)
         if isinstance(exc, openai.APITimeoutError):
             return self._unavailable(f"{self.display_name} did not answer within {self.timeout:g} s.")
         if isinstance(exc, openai.APIConnectionError):
             return self._unavailable(f"Could not connect to {self.display_name} ({_host(self.endpoint)}).")
         if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
             return self._bad_response("a body that is not valid JSON of the Images API")
-        if isinstance(exc, openai.APIError):
-            detail = redact(exc.message)
-            return self._unavailable(f"{self.display_name} failed while generating: {detail}")
+        if isinstance(exc, openai.APIError):  # status errors, and errors sent inside a stream
+            return self._map_api_error(exc)
+        if isinstance(exc, openai.OpenAIError):  # raised by the SDK before any request (client setup)
+            return ConfigurationError(
+                f"The OpenAI client could not be set up: {exc}",
+                hint=f"Check {self.names.base_url}, {self.names.api_version} and {self.names.api_key}.",
+            )
         if isinstance(exc, httpx2.TransportError):
             return self._unavailable(f"The connection to {self.display_name} failed.")
+        if isinstance(exc, binascii.Error):
+            return self._bad_response("an image that is not valid base64")
         return None
 
     def _unavailable(self, message: str, **extra: Any) -> ProviderUnavailableError:
@@ -342,13 +358,15 @@ class OpenAIImagesBackend(Backend):
             **extra,
         )
 
-    def _map_status(self, exc: openai.APIStatusError) -> ProviderError:
-        status, code = exc.status_code, str(exc.code or "")
+    def _map_api_error(self, exc: openai.APIError) -> ProviderError:
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        request_id = exc.request_id if isinstance(exc, openai.APIStatusError) else None
+        code = str(exc.code or "")
         common: dict[str, Any] = {
             "provider": self.backend_name,
             "endpoint": self.endpoint,
             "status_code": status,
-            "request_id": exc.request_id,
+            "request_id": request_id,
         }
         upstream = _upstream_message(exc)
         who = self.display_name
@@ -364,10 +382,18 @@ class OpenAIImagesBackend(Backend):
                 hint="Add credits or raise the spending limit in the provider's billing settings.",
                 **common,
             )
+        if not isinstance(exc, openai.APIStatusError):
+            return ProviderUnavailableError(
+                f"{who} failed while generating: {upstream}", hint="Try again in a moment.", **common
+            )
+        return self._map_status(exc, upstream, common)
+
+    def _map_status(self, exc: openai.APIStatusError, upstream: str, common: dict[str, Any]) -> ProviderError:
+        status, who = exc.status_code, self.display_name
         if status in (401, 403):
             return self._auth_error(status, upstream, common)
         if status == 404:
-            return self._not_found(upstream, code, common)
+            return self._not_found(upstream, str(exc.code or ""), common)
         if status == 429:
             return ProviderRateLimitError(
                 f"{who} is rate limiting requests: {upstream}",
@@ -375,17 +401,27 @@ class OpenAIImagesBackend(Backend):
                 retry_after=_retry_after(exc.response),
                 **common,
             )
-        if status >= 500:
+        if status >= 500 or status == 408:
             return ProviderUnavailableError(
                 f"{who} failed with HTTP {status}: {upstream}",
                 hint="Try again in a moment.",
                 retry_after=_retry_after(exc.response),
                 **common,
             )
-        param = f" (parameter {exc.param})" if getattr(exc, "param", None) else ""
+        param = getattr(exc, "param", None)
+        if param:
+            return ProviderRequestError(
+                f"{who} rejected the request (parameter {param}): {upstream}",
+                hint="Change that parameter; the model's allowed values are in the tool's schema.",
+                **common,
+            )
+        names = self.names
         return ProviderRequestError(
-            f"{who} rejected the request{param}: {upstream}",
-            hint="Change the named parameter; the model's allowed values are in the tool's schema.",
+            f"{who} rejected the request: {upstream}",
+            hint=(
+                f"If the request looks right, the configured model may not serve it: check {names.model}, "
+                f"{names.base_url}" + (f" and {names.api_version}." if self.target.is_azure else ".")
+            ),
             **common,
         )
 
@@ -394,6 +430,8 @@ class OpenAIImagesBackend(Backend):
         if status == 401:
             message = f"{who} rejected the API key: {upstream}"
             hint = f"Check {self.names.api_key}, or the key you entered in Settings."
+            if self.target.is_azure:
+                hint += f" Azure also answers this way for a wrong endpoint: check {self.names.base_url}."
         else:
             message = f"{who} refused access: {upstream}"
             hint = "The key is valid but lacks access to this model or region; check the account's permissions."
@@ -423,13 +461,13 @@ def _drop_none(**values: Any) -> dict[str, Any]:
     return {key: value for key, value in values.items() if value is not None}
 
 
-def _upstream_message(exc: openai.APIStatusError) -> str:
+def _upstream_message(exc: openai.APIError) -> str:
     body = exc.body
     text = body.get("message") if isinstance(body, dict) else None
-    return redact(str(text or exc.message or f"HTTP {exc.status_code}"))
+    return redact(str(text or exc.message or "no message"))
 
 
-def _is_azure_filter(exc: openai.APIStatusError) -> bool:
+def _is_azure_filter(exc: openai.APIError) -> bool:
     body = exc.body if isinstance(exc.body, dict) else {}
     inner = body.get("inner_error") or body.get("innererror") or {}
     return isinstance(inner, dict) and inner.get("code") == "ResponsibleAIPolicyViolation"
@@ -447,4 +485,5 @@ def _retry_after(response: httpx2.Response) -> float | None:
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).netloc or url
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or url

@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 from limner.backends.base import ModelProfile, SizeRule
+from limner.config import DEFAULT_OAI_MODEL
 
 __all__ = ["DEFAULT_MODEL", "OPENAI_PROFILES", "permissive_profile"]
 
-DEFAULT_MODEL = "gpt-image-1.5"
+DEFAULT_MODEL = DEFAULT_OAI_MODEL
 
 _GPT_IMAGE_1 = ModelProfile(name="gpt-image-1", family="gpt-image", status="shut down 2026-10-23")
 _GPT_IMAGE_2 = replace(

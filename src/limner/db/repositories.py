@@ -9,13 +9,15 @@ caller needs, and are named for that purpose.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from limner.db.models import ApiToken, Credential, Image, ImageParent, User, utcnow
 from limner.ids import hash_token, new_row_id, new_user_id
+
+_TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
 __all__ = ["CredentialRepository", "ImageRepository", "StorageKeyRepository", "UserRepository"]
 
@@ -78,11 +80,6 @@ class ImageRepository:
         await self.session.flush()
         return image
 
-    async def count(self) -> int:
-        """How many images this owner has."""
-        stmt = select(func.count()).select_from(Image).where(Image.owner_id == self.owner_id)
-        return int((await self.session.execute(stmt)).scalar_one())
-
 
 class StorageKeyRepository:
     """Global, content-free queries over storage keys for blob reference counting and the sweep."""
@@ -110,10 +107,6 @@ class UserRepository:
         """A user by unique name."""
         return (await self.session.execute(select(User).where(User.name == name))).scalar_one_or_none()
 
-    async def by_id(self, user_id: str) -> User | None:
-        """A user by ID (for sessions and tokens already checked)."""
-        return await self.session.get(User, user_id)
-
     async def create(self, name: str, *, is_admin: bool = False, password_hash: str | None = None) -> User:
         """A new user; the name must be free (the unique constraint enforces it)."""
         user = User(id=new_user_id(), name=name, is_admin=is_admin, password_hash=password_hash)
@@ -138,7 +131,9 @@ class UserRepository:
         row = (await self.session.execute(stmt)).scalar_one_or_none()
         if row is None:
             return None
-        row.last_used_at = utcnow()
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > _TOKEN_TOUCH_INTERVAL:
+            row.last_used_at = now  # at most once a minute: reads must not all become writes
         return await self.session.get(User, row.user_id)
 
 

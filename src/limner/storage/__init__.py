@@ -34,6 +34,14 @@ class BlobStore(Protocol):
         """Whether the blob exists."""
         ...
 
+    async def touch(self, key: str) -> bool:
+        """Mark a reused blob as fresh (so a concurrent sweep keeps it); whether it exists."""
+        ...
+
+    async def modified(self, key: str) -> float | None:
+        """The blob's modification time, or None when it is missing."""
+        ...
+
     def local_path(self, key: str) -> Path | None:
         """A file path to stream from, when the store is local (None otherwise)."""
         ...

@@ -70,6 +70,31 @@ class LocalBlobStore:
         path = self._path(key)
         return await anyio.to_thread.run_sync(path.is_file)
 
+    async def touch(self, key: str) -> bool:
+        """Update the mtime of an existing blob; False when it is gone."""
+        path = self._path(key)
+
+        def _touch() -> bool:
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await anyio.to_thread.run_sync(_touch)
+
+    async def modified(self, key: str) -> float | None:
+        """The file's mtime, or None when it is missing."""
+        path = self._path(key)
+
+        def _mtime() -> float | None:
+            try:
+                return path.stat().st_mtime
+            except FileNotFoundError:
+                return None
+
+        return await anyio.to_thread.run_sync(_mtime)
+
     async def iter_keys(self) -> AsyncIterator[tuple[str, float]]:
         """Every blob key with its mtime (temporary files excluded)."""
         entries = await anyio.to_thread.run_sync(self._scan)
@@ -81,10 +106,14 @@ class LocalBlobStore:
             return []
         found = []
         for path in self.root.rglob("*"):
-            if path.is_file() and not path.name.endswith(_TMP_SUFFIX):
-                key = path.relative_to(self.root).as_posix()
-                if _KEY_RE.match(key):
+            if path.name.endswith(_TMP_SUFFIX):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            try:
+                if _KEY_RE.match(key) and path.is_file():
                     found.append((key, path.stat().st_mtime))
+            except FileNotFoundError:  # renamed or removed while we walked
+                continue
         return found
 
     async def remove_stale_temporaries(self, min_age: float) -> int:
@@ -96,9 +125,12 @@ class LocalBlobStore:
             return 0
         cutoff, removed = time.time() - min_age, 0
         for path in self.root.rglob(f"*{_TMP_SUFFIX}"):
-            if path.stat().st_mtime <= cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
+            try:
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished (renamed) or removed meanwhile
+                continue
         return removed
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from limner.backends.base import EditRequest, GenerateRequest, InputImage, ModelProfile
 from limner.backends.openai_images import OpenAIImagesBackend
+from limner.backends.openai_profiles import permissive_profile
 from limner.errors import ConfigurationError
 from limner.imaging import extension_for, prepare_mask
 from limner.keys import KeySource
@@ -170,6 +171,7 @@ class OpenAIImageFamily:
         self.descriptions = descriptions
         self._status = status
         self.fetch_policy = fetch_policy
+        self._tools: list[ToolSpec[Any]] | None = None
 
     @property
     def status(self) -> FamilyStatus:
@@ -185,10 +187,15 @@ class OpenAIImageFamily:
         """The configured model's profile (the permissive one for unknown names)."""
         if self.backend is not None:
             return self.backend.profile(self.model)
-        return OpenAIImagesBackend.profiles.get(self.model) or OpenAIImagesBackend.profiles["gpt-image-1.5"]
+        return OpenAIImagesBackend.profiles.get(self.model) or permissive_profile(self.model)
 
     def tools(self) -> list[ToolSpec[Any]]:
-        """Both tools, with the operator's descriptions when set."""
+        """Both tools, with the operator's descriptions when set (built once: schemas cost time)."""
+        if self._tools is None:
+            self._tools = self._build_tools()
+        return self._tools
+
+    def _build_tools(self) -> list[ToolSpec[Any]]:
         profile, d = self.profile(), self.descriptions
         return [
             ToolSpec(
@@ -230,7 +237,9 @@ class OpenAIImageFamily:
         backend = self._ready()
         key = await ctx.keyring.resolve(ctx.user_id, self.key_source)
         inputs = await ctx.library.read_many(ctx.user_id, args.image_ids)
-        mask = await self._mask(ctx, args.mask_image_id, inputs[0][0]) if args.mask_image_id else None
+        mask_record, mask = (
+            (await self._mask(ctx, args.mask_image_id, inputs[0][0])) if args.mask_image_id else (None, None)
+        )
         params = args.model_dump(exclude_none=True, exclude={"image_ids", "mask_image_id"})
         request = EditRequest(
             model=self.model,
@@ -241,18 +250,23 @@ class OpenAIImageFamily:
         outputs = await backend.edit(request, api_key=key, progress=ctx.progress)
         referenced = [rec.id for rec, _ in inputs]
         roles = ["input"] * len(referenced)
-        if mask is not None:
-            referenced.append(args.mask_image_id)
+        if mask_record is not None:
+            referenced.append(mask_record.id)
             roles.append("mask")
         records = await self._save(
             ctx, outputs, prompt=args.prompt, params=params, source="edited", parents=referenced, roles=roles
         )
         return self._result(records, referenced=[rec.id for rec, _ in inputs], action="Edited")
 
-    async def _mask(self, ctx: ToolContext, mask_id: str, first: ImageRecord) -> InputImage:
-        ((_, data),) = await ctx.library.read_many(ctx.user_id, [mask_id])
+    async def _mask(
+        self, ctx: ToolContext, mask_id: str | None, first: ImageRecord
+    ) -> tuple[ImageRecord | None, InputImage | None]:
+        """The mask as an RGBA PNG of the first image's size, and its record (for lineage)."""
+        if mask_id is None:
+            return None, None
+        ((record, data),) = await ctx.library.read_many(ctx.user_id, [mask_id])
         png = await prepare_mask(data, (first.width, first.height))
-        return InputImage(data=png, media_type="image/png", name="mask.png")
+        return record, InputImage(data=png, media_type="image/png", name="mask.png")
 
     async def _save(
         self,

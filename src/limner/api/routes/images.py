@@ -12,17 +12,19 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
 from limner.api.deps import CurrentUser, RuntimeDep
+from limner.api.errors import ERROR_RESPONSES
 from limner.api.schemas import ImageDetailOut, ImageListOut, ImageOut, ParentOut
 from limner.backends.base import ImageOutput
-from limner.errors import ImageTooLargeError, UnsupportedImageError
+from limner.errors import ImageTooLargeError
 from limner.imaging import extension_for
 from limner.library import Provenance
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/images", tags=["images"])
+router = APIRouter(prefix="/api/images", tags=["images"], responses=ERROR_RESPONSES)
 
 _CACHE = "private, max-age=31536000, immutable"
+_NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
 @router.post("", status_code=201, summary="Upload an image (multipart field `file`).")
@@ -39,8 +41,6 @@ async def upload_image(
             f"The file is larger than the {limit:,} byte limit.",
             hint="Send a smaller image or ask the operator to raise LIMNER_MAX_UPLOAD_BYTES.",
         )
-    if not data:
-        raise UnsupportedImageError("The file is empty.", hint="Send a PNG, JPEG, WebP or GIF image.")
     provenance = Provenance(source="uploaded", original_name=(file.filename or "")[:255] or None)
     (record,) = await runtime.library.save(user.id, [ImageOutput(data=data)], provenance)
     return ImageOut.of(record)
@@ -79,7 +79,7 @@ async def get_content(runtime: RuntimeDep, user: CurrentUser, image_id: str, req
     """Streams the file; answers 304 when the client already has these bytes."""
     record, path, data = await runtime.library.content_path(user.id, image_id)
     etag = f'"{record.sha256}"'
-    headers = {"ETag": etag, "Cache-Control": _CACHE}
+    headers = {"ETag": etag, "Cache-Control": _CACHE, **_NOSNIFF}
     if _matches(request, etag):
         return Response(status_code=304, headers=headers)
     filename = f"{record.id}.{extension_for(record.media_type)}"
@@ -104,7 +104,7 @@ async def get_thumbnail(runtime: RuntimeDep, user: CurrentUser, image_id: str, r
     """Made on first request, then served from storage."""
     record = await runtime.library.get(user.id, image_id)
     etag = f'"{record.sha256}-t"'
-    headers = {"ETag": etag, "Cache-Control": _CACHE}
+    headers = {"ETag": etag, "Cache-Control": _CACHE, **_NOSNIFF}
     if _matches(request, etag):
         return Response(status_code=304, headers=headers)
     return Response(await runtime.library.thumbnail(user.id, image_id), media_type="image/webp", headers=headers)

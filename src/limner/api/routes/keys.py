@@ -5,20 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from limner.api.deps import CurrentUser, RuntimeDep
+from limner.api.errors import ERROR_RESPONSES
 from limner.api.schemas import KeyIn, KeysOut, KeyStatusOut
-from limner.errors import InputError
+from limner.errors import UnknownProviderError
 from limner.keys import KeySource
 from limner.runtime import Runtime
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/keys", tags=["keys"])
-
-
-class UnknownProviderError(InputError):
-    """A provider name that takes no key here."""
-
-    code = "unknown_provider"
+router = APIRouter(prefix="/api/keys", tags=["keys"], responses=ERROR_RESPONSES)
 
 
 def _source(runtime: Runtime, provider: str) -> KeySource:
@@ -52,7 +47,7 @@ async def list_keys(runtime: RuntimeDep, user: CurrentUser) -> KeysOut:
 async def put_key(runtime: RuntimeDep, user: CurrentUser, provider: str, body: KeyIn) -> Response:
     """The key is encrypted at rest and used when the operator set none."""
     _source(runtime, provider)
-    await runtime.keyring.set(user.id, provider, body.key.strip())
+    await runtime.keyring.set(user.id, provider, body.key)
     return Response(status_code=204)
 
 

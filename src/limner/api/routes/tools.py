@@ -7,20 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Body
 
 from limner.api.deps import CurrentUser, RuntimeDep
+from limner.api.errors import ERROR_RESPONSES
 from limner.api.schemas import FamilyOut, ImageOut, ToolOut, ToolResultOut, ToolsOut
-from limner.errors import ConfigurationError, InputError
 from limner.tools.base import ToolSpec, run_tool
 from limner.tools.family import FamilyStatus
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/api/tools", tags=["tools"])
-
-
-class ToolNotFoundError(InputError):
-    """A tool name that does not exist."""
-
-    code = "tool_not_found"
+router = APIRouter(prefix="/api/tools", tags=["tools"], responses=ERROR_RESPONSES)
 
 
 @router.get("", summary="Every tool family: schemas, availability and why not.")
@@ -67,13 +61,6 @@ async def call_tool(
     arguments: dict[str, Any] = Body(default_factory=dict, examples=[{"prompt": "a lighthouse at dusk"}]),  # noqa: B008
 ) -> ToolResultOut:
     """Errors come back in the one error shape with the status of their class."""
-    spec = runtime.tools().get(name)
-    if spec is None:
-        known = {s.name: st for s, st in runtime.all_tools()}
-        if name in known and known[name] is not None:
-            status = known[name]
-            assert status is not None
-            raise ConfigurationError(f"The tool {name} is not available: {status.reason}.")
-        raise ToolNotFoundError(f"There is no tool named {name!r}.", hint="GET /api/tools lists the tools.")
+    spec = runtime.tool(name)
     result = await run_tool(spec, arguments, runtime.tool_context(user.id))
     return ToolResultOut(text=result.text, images=[ImageOut.of(r) for r in result.images], metadata=result.metadata)
