@@ -46,14 +46,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx2
 import openai
 
-MODEL = "gpt-image-1.5"
-SIZE = "1024x1024"
-QUALITY = "low"
+MODEL: Final = "gpt-image-1.5"
+SIZE: Final = "1024x1024"
+QUALITY: Final = "low"
 TOOL = "image_gen_oai"
 API_KEY = "sk-bench"
 TIMEOUT = 120.0
@@ -149,7 +149,9 @@ def _add(label: str, seconds: float) -> None:
         record[label] = record.get(label, 0.0) + seconds
 
 
-def _time_async(owner: Any, attr: str, label: str, *, mark_end: str | None = None) -> None:
+def _time_async(
+    owner: Any, attr: str, label: str, *, mark_start: str | None = None, mark_end: str | None = None
+) -> None:
     original = getattr(owner, attr, None)
     if original is None:  # limner changed; that phase then simply reads as zero
         return
@@ -157,6 +159,8 @@ def _time_async(owner: Any, attr: str, label: str, *, mark_end: str | None = Non
     @functools.wraps(original)
     async def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
+        if mark_start is not None and (record := _RECORD.get()) is not None:
+            record.setdefault(mark_start, start)
         try:
             return await original(*args, **kwargs)
         finally:
@@ -198,8 +202,9 @@ def _instrument() -> None:
     from limner.storage.local import LocalBlobStore
 
     _time_async(UserRepository, "by_token", "auth.query")
-    _time_sync(Runtime, "tools", "tool_lookup", mark_start="_handler_at")
-    _time_async(tool_routes, "run_tool", "run_tool", mark_end="_tool_end")
+    lookup = "tool" if hasattr(Runtime, "tool") else "tools"  # the route calls Runtime.tool(name) when it exists
+    _time_sync(Runtime, lookup, "tool_lookup", mark_start="_handler_at")
+    _time_async(tool_routes, "run_tool", "run_tool", mark_start="_run_tool_at", mark_end="_tool_end")
     _time_sync(OpenAIImagesBackend, "_client", "sdk_client_build")
     _time_async(OpenAIImagesBackend, "_generate", "backend_generate")
     _time_sync(OpenAIImagesBackend, "_outputs", "b64_decode")
@@ -224,19 +229,6 @@ def _instrument() -> None:
     ImageLibrary._validate_and_hash = validate  # type: ignore[method-assign]
 
 
-def _rss_kb(field_name: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_rss_peak() -> None:
-    with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-        fh.write("5")
-
-
 class BenchHarness:
     """ASGI wrapper: ``/_bench/<command>`` control routes, and a timing record per tool call."""
 
@@ -252,8 +244,6 @@ class BenchHarness:
             "tm_mark": self._tm_mark,
             "tm_read": self._tm_read,
             "tm_stop": self._tm_stop,
-            "rss_reset": self._rss_reset,
-            "rss_read": lambda: {"hwm_kb": _rss_kb("VmHWM"), "rss_kb": _rss_kb("VmRSS")},
         }
 
     def _records_on(self) -> dict[str, Any]:
@@ -286,12 +276,6 @@ class BenchHarness:
     def _tm_stop() -> dict[str, Any]:
         tracemalloc.stop()
         return {}
-
-    @staticmethod
-    def _rss_reset() -> dict[str, Any]:
-        _reset_rss_peak()
-        _DECODES.peak = 0
-        return {"rss_kb": _rss_kb("VmRSS")}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -627,18 +611,12 @@ async def limner_memory(clients: Clients, prompts: Prompts, concurrency: int, ro
             single.append((await clients.bench("tm_read"))["peak"] - before)
     finally:
         await clients.bench("tm_stop")
-    rss: list[float] = []
-    for _ in range(rounds):
-        before_kb = (await clients.bench("rss_reset"))["rss_kb"]
-        await _all_at_once(clients.tool, prompts, "rss", concurrency)
-        rss.append(((await clients.bench("rss_read"))["hwm_kb"] - before_kb) * 1024 / concurrency)
     return {
         "per_inflight_bytes": pct(per_burst, 50),
         "per_inflight_bytes_max": max(per_burst),
         "single_request_bytes": pct(single, 50),
         "peak_concurrent_decodes": max(decodes),
         "decoded_pixels": pixels,
-        "rss_growth_per_inflight_bytes": pct(rss, 50),
     }
 
 
@@ -672,8 +650,9 @@ def breakdown(records: list[dict[str, float]], client_ms: list[float] | None) ->
         columns.setdefault(label, []).append(seconds * 1000)
 
     for index, record in enumerate(records):
-        if "_end" not in record or "_handler_at" not in record or "_tool_end" not in record:
+        if "_end" not in record or "_tool_end" not in record or "_run_tool_at" not in record:
             continue
+        handler_at = record.get("_handler_at", record["_run_tool_at"])
         server = record["_end"] - record["_start"]
         generate = record.get("backend_generate", 0.0)
         save = record.get("save", 0.0)
@@ -681,9 +660,9 @@ def breakdown(records: list[dict[str, float]], client_ms: list[float] | None) ->
         upstream = generate - record.get("sdk_client_build", 0.0) - record.get("b64_decode", 0.0)
         if client_ms is not None and index < len(client_ms):
             put("outside the app: loopback HTTP, uvicorn, client", client_ms[index] / 1000 - server)
-        put("request in: routing, body, auth (session + commit)", record["_handler_at"] - record["_start"])
+        put("request in: routing, body, auth (session + commit)", handler_at - record["_start"])
         put("  of which token query (UserRepository.by_token)", record.get("auth.query", 0.0))
-        put("tool lookup: Runtime.tools()", record.get("tool_lookup", 0.0))
+        put("tool lookup: Runtime.tool(name)", record.get("tool_lookup", 0.0))
         put("args, key, checks, result text", record["run_tool"] - generate - save)
         put("SDK client build", record.get("sdk_client_build", 0.0))
         put("upstream call via SDK (emulator + transport + parse)", upstream)
@@ -905,14 +884,13 @@ def _render_memory(result: dict[str, Any]) -> list[str]:
         row(f"A  bare SDK + decode, {conc} calls at once, peak / {conc}", mem["baseline_per_inflight_bytes"]),
         row("B  limner, one call alone", mem["single_request_bytes"]),
         row("A  bare SDK + decode, one call alone", mem["baseline_single_request_bytes"]),
-        row(f"B  limner, RSS high-water growth / {conc} (C memory too)", mem["rss_growth_per_inflight_bytes"]),
         f"    Pillow pixel buffers, not seen by tracemalloc: {mem['peak_concurrent_decodes']} full decodes at once"
         f" x {mem['decoded_pixels'] * PILLOW_BYTES_PER_PIXEL / 2**20:.1f} MiB = {pillow / conc / 1024:.0f} KiB"
         " per in-flight image",
         "    method: tracemalloc runs in limner's own process (A: in this one) only for these bursts, after",
         "    warm-up; it counts Python allocations (bytes, str, objects), not Pillow's C buffers. At concurrency",
-        "    the calls are staggered (most wait on the emulator), so peak / N is below the one-call peak. RSS",
-        "    growth is after warm-up, with the allocator reusing freed memory: indicative only.",
+        "    the calls are staggered (most wait on the emulator or the database), so peak / N is below the",
+        "    one-call peak. The Pillow line is the most full decodes seen at once times their pixel size.",
     ]
 
 

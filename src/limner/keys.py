@@ -138,12 +138,12 @@ class KeyRing:
     async def set(self, user_id: str, provider: str, key: str) -> None:
         """Store or replace the user's key for ``provider``."""
         sealed = self.cipher.encrypt(key, user_id=user_id, provider=provider)
-        async with self.db.unit_of_work() as session:
+        async with self.db.unit_of_work(write=True) as session:
             await CredentialRepository(session, user_id).put(provider, sealed)
 
     async def remove(self, user_id: str, provider: str) -> bool:
         """Delete the user's key; whether there was one."""
-        async with self.db.unit_of_work() as session:
+        async with self.db.unit_of_work(write=True) as session:
             return await CredentialRepository(session, user_id).remove(provider)
 
     async def stored(self, user_id: str) -> dict[str, datetime]:

@@ -150,12 +150,11 @@ class ImageLibrary:
     ) -> list[ImageRecord]:
         """Validate and store every output (all or none); returns the new records in order."""
         policy, provider = fetch_policy or self.fetch_policy, provenance.backend or "url"
-        prepared = [await self._prepare(output, policy, provider) for output in outputs]
+        prepared = [await self._prepare(output, policy, provider, provenance.source) for output in outputs]
         keys = [_storage_key(p.sha256) for p in prepared]
         async with self._locked(keys):
             for item, key in zip(prepared, keys, strict=True):
-                if not await self.store.touch(key):  # a reused blob is marked fresh for the sweep
-                    await self.store.put(key, item.info.data)
+                await self.store.ensure(key, item.info.data)
             try:
                 rows = await self._insert(owner_id, prepared, keys, provenance)
             except BaseException:
@@ -163,24 +162,26 @@ class ImageLibrary:
                 raise
         return [ImageRecord.model_validate(row) for row in rows]
 
-    async def _prepare(self, output: ImageOutput, policy: FetchPolicy, provider: str) -> _Prepared:
+    async def _prepare(self, output: ImageOutput, policy: FetchPolicy, provider: str, source: str) -> _Prepared:
         data = output.data
         if data is None:
             assert output.url is not None  # guaranteed by ImageOutput's validator
             fetched = await safe_fetch(output.url, policy=policy, client=self.fetch_client, provider=provider)
             data = fetched.data
-        info, digest = await anyio.to_thread.run_sync(lambda: self._validate_and_hash(data))
+        thorough = _needs_full_decode(source)
+        info, digest = await anyio.to_thread.run_sync(lambda: self._validate_and_hash(data, thorough))
         return _Prepared(info=info, sha256=digest, output=output)
 
-    def _validate_and_hash(self, data: bytes) -> tuple[ImageInfo, str]:
-        info = validate_image_sync(data, max_bytes=self.limits.max_bytes, max_pixels=self.limits.max_pixels)
+    def _validate_and_hash(self, data: bytes, thorough: bool) -> tuple[ImageInfo, str]:
+        limits = self.limits
+        info = validate_image_sync(data, max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, thorough=thorough)
         return info, hashlib.sha256(info.data).hexdigest()
 
     async def _insert(
         self, owner_id: str, prepared: list[_Prepared], keys: list[str], provenance: Provenance
     ) -> list[Image]:
         rows = []
-        async with self.db.unit_of_work() as session:
+        async with self.db.unit_of_work(write=True) as session:
             repo = ImageRepository(session, owner_id)
             for item, key in zip(prepared, keys, strict=True):
                 row = _new_row(item, key, provenance)
@@ -278,7 +279,7 @@ class ImageLibrary:
         """Delete an owned image; its blob goes when no other record (of anyone) shares it."""
         row = (await self._rows(owner_id, [image_id]))[0]
         async with self._locked([row.storage_key]):
-            async with self.db.unit_of_work() as session:
+            async with self.db.unit_of_work(write=True) as session:
                 await ImageRepository(session, owner_id).delete(row.id)
                 remaining = await StorageKeyRepository(session).references(row.storage_key)
             if remaining == 0:
@@ -336,6 +337,13 @@ class _MultiLock:
     async def __aexit__(self, *exc: object) -> None:
         for lock in reversed(self.locks):
             lock.release()
+
+
+def _needs_full_decode(source: str) -> bool:
+    """Bytes from people or arbitrary MCP servers get a full decode; an image service's own output (PNG)
+    gets the structural check, which catches truncation and corruption at a fraction of the cost.
+    """
+    return source not in ("generated", "edited")
 
 
 def _storage_key(sha256: str) -> str:

@@ -74,3 +74,15 @@ async def test_mask_without_transparency_is_refused() -> None:
 async def test_validate_runs_in_a_thread() -> None:
     info = await validate_image(images.png(10, 10), **LIMITS)
     assert info.width == 10
+
+
+def test_structural_check_of_provider_png_still_catches_damage() -> None:
+    data = images.png(300, 300)
+    assert validate_image_sync(data, thorough=False, **LIMITS).width == 300
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    for damaged in (data[: len(data) // 2], data[:-5], bytes(flipped)):
+        with pytest.raises(UnsupportedImageError, match="damaged|truncated"):
+            validate_image_sync(damaged, thorough=False, **LIMITS)
+    with pytest.raises(ImageTooLargeError):
+        validate_image_sync(images.decompression_bomb(20_000), thorough=False, **LIMITS)

@@ -14,6 +14,7 @@ from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from limner import __version__
+from limner.api.deps import TokenCache
 from limner.api.errors import error_body, install_error_handlers
 from limner.api.routes import health, images, keys, tools
 from limner.config import Settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     if runtime is not None:
         app.state.runtime = runtime
+    app.state.token_cache = TokenCache()
     install_error_handlers(app)
     for module in (health, images, tools, keys):
         app.include_router(module.router)

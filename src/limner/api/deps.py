@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -9,15 +11,45 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from limner.db.models import User
 from limner.db.repositories import UserRepository
+from limner.ids import hash_token
 from limner.runtime import Runtime
 
-__all__ = ["CurrentUser", "RuntimeDep", "get_runtime"]
+__all__ = ["CurrentUser", "RuntimeDep", "TokenCache", "get_runtime"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `limner tokens create`.")
 
 
-def get_runtime(request: Request) -> Runtime:
-    """The runtime opened by the lifespan."""
+class TokenCache:
+    """Recently seen tokens, so that a burst of requests (a grid of thumbnails) costs one query.
+
+    Entries live ``ttl`` seconds: a token deleted from the database by another process stops working
+    within that time. Keys are token hashes, never tokens.
+    """
+
+    def __init__(self, ttl: float = 30.0, size: int = 1024) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[str, tuple[float, User]] = OrderedDict()
+
+    def get(self, token: str) -> User | None:
+        """The cached user of a token, if fresh."""
+        key = hash_token(token)
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            self._entries.pop(key, None)
+            return None
+        self._entries.move_to_end(key)
+        return entry[1]
+
+    def put(self, token: str, user: User) -> None:
+        """Remember a verified token."""
+        self._entries[hash_token(token)] = (time.monotonic() + self.ttl, user)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+
+async def get_runtime(request: Request) -> Runtime:
+    """The runtime opened by the lifespan (async: a sync dependency would cost a thread hop)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -26,6 +58,7 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def current_user(
+    request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
@@ -36,10 +69,15 @@ async def current_user(
             "Sign in: send an API token as 'Authorization: Bearer <token>'.",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    cache: TokenCache = request.app.state.token_cache
+    user = cache.get(credentials.credentials)
+    if user is not None:
+        return user
     async with runtime.db.unit_of_work() as session:
         user = await UserRepository(session).by_token(credentials.credentials)
     if user is None:
         raise HTTPException(401, "The API token is not valid.", headers={"WWW-Authenticate": "Bearer"})
+    cache.put(credentials.credentials, user)
     return user
 
 

@@ -126,15 +126,20 @@ class UserRepository:
         return row
 
     async def by_token(self, token: str) -> User | None:
-        """The user a bearer token belongs to, recording when it was last used."""
-        stmt = select(ApiToken).where(ApiToken.token_hash == hash_token(token))
-        row = (await self.session.execute(stmt)).scalar_one_or_none()
+        """The user a bearer token belongs to (one query), noting when it was last used."""
+        stmt = (
+            select(User, ApiToken)
+            .join(ApiToken, ApiToken.user_id == User.id)
+            .where(ApiToken.token_hash == hash_token(token))
+        )
+        row = (await self.session.execute(stmt)).one_or_none()
         if row is None:
             return None
+        user, api_token = row
         now = utcnow()
-        if row.last_used_at is None or now - row.last_used_at > _TOKEN_TOUCH_INTERVAL:
-            row.last_used_at = now  # at most once a minute: reads must not all become writes
-        return await self.session.get(User, row.user_id)
+        if api_token.last_used_at is None or now - api_token.last_used_at > _TOKEN_TOUCH_INTERVAL:
+            api_token.last_used_at = now  # at most once a minute: reads must not all become writes
+        return user
 
 
 class CredentialRepository:

@@ -34,8 +34,8 @@ class BlobStore(Protocol):
         """Whether the blob exists."""
         ...
 
-    async def touch(self, key: str) -> bool:
-        """Mark a reused blob as fresh (so a concurrent sweep keeps it); whether it exists."""
+    async def ensure(self, key: str, data: bytes) -> None:
+        """Write the blob unless it exists; an existing one is marked fresh (a concurrent sweep keeps it)."""
         ...
 
     async def modified(self, key: str) -> float | None:

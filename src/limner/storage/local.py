@@ -70,18 +70,23 @@ class LocalBlobStore:
         path = self._path(key)
         return await anyio.to_thread.run_sync(path.is_file)
 
-    async def touch(self, key: str) -> bool:
-        """Update the mtime of an existing blob; False when it is gone."""
+    async def ensure(self, key: str, data: bytes) -> None:
+        """One thread hop: refresh the mtime of an existing blob, or write it atomically."""
         path = self._path(key)
 
-        def _touch() -> bool:
+        def _ensure() -> None:
             try:
                 os.utime(path)
             except FileNotFoundError:
-                return False
-            return True
+                _write_atomic(path, data)
 
-        return await anyio.to_thread.run_sync(_touch)
+        try:
+            await anyio.to_thread.run_sync(_ensure)
+        except OSError as exc:
+            raise StorageError(
+                "The image could not be written to storage.",
+                hint="Check free disk space and permissions of LIMNER_DATA_DIR.",
+            ) from exc
 
     async def modified(self, key: str) -> float | None:
         """The file's mtime, or None when it is missing."""
