@@ -85,11 +85,14 @@ def validate_image_sync(data: bytes, *, max_bytes: int, max_pixels: int, thoroug
     if not thorough and media_type == "image/png":
         with _open(data, media_type) as im:
             _check_pixels(im.width, im.height, max_pixels)
+            width, height = im.size
             _verify_structure(im, media_type)
+        # No EXIF orientation here: reading a PNG's EXIF decodes the pixels, and image services
+        # do not rotate their output through EXIF.
+        return ImageInfo(data=data, media_type=media_type, width=width, height=height)
     with _open(data, media_type) as im:
         _check_pixels(im.width, im.height, max_pixels)
-        if thorough or media_type != "image/png":
-            _decode_fully(im, media_type)
+        _decode_fully(im, media_type)
         rotated = _apply_orientation(im, media_type)
         width, height = (rotated.width, rotated.height) if rotated is not None else im.size
     stored = _encode_like(rotated, media_type) if rotated is not None else data
