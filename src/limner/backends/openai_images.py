@@ -218,17 +218,7 @@ class OpenAIImagesBackend(Backend):
     async def _generate(
         self, req: GenerateRequest, *, api_key: str | None, progress: ProgressCallback | None
     ) -> list[ImageOutput]:
-        params = _drop_none(
-            model=req.model,
-            prompt=req.prompt,
-            n=req.n,
-            size=req.size,
-            quality=req.quality,
-            background=req.background,
-            style=req.style,
-            output_format=req.output_format,
-            output_compression=req.output_compression,
-        )
+        params = req.model_dump(exclude_none=True)  # field names are the API's
         if self.profile(req.model).family == "dall-e":
             params["response_format"] = "b64_json"
         client = self._client(api_key)
@@ -241,16 +231,7 @@ class OpenAIImagesBackend(Backend):
         self, req: EditRequest, *, api_key: str | None, progress: ProgressCallback | None
     ) -> list[ImageOutput]:
         files = [(image.name, image.data, image.media_type) for image in req.images]
-        params = _drop_none(
-            model=req.model,
-            prompt=req.prompt,
-            n=req.n,
-            size=req.size,
-            quality=req.quality,
-            background=req.background,
-            output_format=req.output_format,
-            input_fidelity=req.input_fidelity,
-        )
+        params = req.model_dump(exclude_none=True, exclude={"images", "mask"})
         if req.mask is not None:
             params["mask"] = (req.mask.name, req.mask.data, req.mask.media_type)
         image_param: Any = files[0] if len(files) == 1 else files
