@@ -85,6 +85,10 @@ class ModelProfile:
     input_fidelities: tuple[str, ...] = ("high", "low")
     supports_streaming: bool = True
     returns_revised_prompt: bool = False
+    extra_params: tuple[str, ...] = ()
+    """Which of negative_prompt, seed, steps, guidance, strength the model takes."""
+    option_keys: tuple[str, ...] = ()
+    """Backend-specific ``options`` keys the model takes."""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def check_size(self, size: str | None) -> None:
@@ -112,6 +116,7 @@ class ModelProfile:
         )
         _check_choice(self.name, "style", req.style, self.styles)
         self._check_compression(req.output_format, req.output_compression)
+        self._check_extras(req)
 
     def check_edit(self, req: EditRequest) -> None:
         """As check_generate, plus the edit-only limits (inputs, mask, fidelity)."""
@@ -127,6 +132,7 @@ class ModelProfile:
         )
         self._check_inputs(req)
         _check_choice(self.name, "input_fidelity", req.input_fidelity, self.input_fidelities)
+        self._check_extras(req)
 
     def _check_common(
         self,
@@ -152,6 +158,14 @@ class ModelProfile:
             raise UnsupportedOperationError(
                 f"A transparent background needs output_format {' or '.join(self.transparent_formats)}."
             )
+
+    def _check_extras(self, req: GenerateRequest | EditRequest) -> None:
+        for name in ("negative_prompt", "seed", "steps", "guidance", "strength"):
+            if getattr(req, name, None) is not None and name not in self.extra_params:
+                raise UnsupportedOperationError(f"{self.name} does not take the {name} parameter.")
+        unknown = sorted(set(req.options) - set(self.option_keys))
+        if unknown:
+            raise UnsupportedOperationError(f"{self.name} does not take the option(s) {', '.join(unknown)}.")
 
     def _check_compression(self, fmt: str | None, compression: int | None) -> None:
         if compression is not None and (fmt or "png") not in ("jpeg", "webp"):
@@ -188,7 +202,12 @@ class _Frozen(BaseModel):
 
 
 class GenerateRequest(_Frozen):
-    """A text-to-image request; ``None`` means "the model's default" and is not sent."""
+    """A text-to-image request; ``None`` means "the model's default" and is not sent.
+
+    The first block is the OpenAI Images vocabulary; the second serves diffusion backends (A1111, BFL);
+    ``options`` carries what only one backend knows (a Flux fine-tune ID, an A1111 sampler), and each
+    backend documents the keys it reads and rejects the ones it does not.
+    """
 
     model: str
     prompt: str = Field(min_length=1)
@@ -199,6 +218,12 @@ class GenerateRequest(_Frozen):
     style: str | None = None
     output_format: str | None = None
     output_compression: int | None = Field(None, ge=0, le=100)
+
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = Field(None, ge=1, le=150)
+    guidance: float | None = Field(None, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class InputImage(_Frozen):
@@ -222,6 +247,14 @@ class EditRequest(_Frozen):
     background: str | None = None
     output_format: str | None = None
     input_fidelity: str | None = None
+
+    negative_prompt: str | None = None
+    seed: int | None = None
+    steps: int | None = Field(None, ge=1, le=150)
+    guidance: float | None = Field(None, ge=0)
+    strength: float | None = Field(None, ge=0, le=1)
+    """How far an img2img edit may move from the input (A1111 ``denoising_strength``)."""
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class ImageOutput(_Frozen):

@@ -71,6 +71,18 @@ _POLICY_CODES = frozenset(
         "ResponsibleAIPolicyViolation",
     }
 )
+_GENERATE_FIELDS = {
+    "model",
+    "prompt",
+    "n",
+    "size",
+    "quality",
+    "background",
+    "style",
+    "output_format",
+    "output_compression",
+}
+_EDIT_FIELDS = {"model", "prompt", "n", "size", "quality", "background", "output_format", "input_fidelity"}
 _MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif"}
 
 
@@ -218,7 +230,7 @@ class OpenAIImagesBackend(Backend):
     async def _generate(
         self, req: GenerateRequest, *, api_key: str | None, progress: ProgressCallback | None
     ) -> list[ImageOutput]:
-        params = req.model_dump(exclude_none=True)  # field names are the API's
+        params = req.model_dump(include=_GENERATE_FIELDS, exclude_none=True)  # field names are the API's
         if self.profile(req.model).family == "dall-e":
             params["response_format"] = "b64_json"
         client = self._client(api_key)
@@ -231,7 +243,7 @@ class OpenAIImagesBackend(Backend):
         self, req: EditRequest, *, api_key: str | None, progress: ProgressCallback | None
     ) -> list[ImageOutput]:
         files = [(image.name, image.data, image.media_type) for image in req.images]
-        params = req.model_dump(exclude_none=True, exclude={"images", "mask"})
+        params = req.model_dump(include=_EDIT_FIELDS, exclude_none=True)
         if req.mask is not None:
             params["mask"] = (req.mask.name, req.mask.data, req.mask.media_type)
         image_param: Any = files[0] if len(files) == 1 else files
