@@ -163,10 +163,11 @@ def sandbox(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Serve the upstream emulators on their own, for any client, offline."""
+    from limner.runtime import default_sandbox
     from limner.sandbox.server import serve_sandbox
 
     async def forever() -> None:
-        async with serve_sandbox(host=host, port=port) as running:
+        async with serve_sandbox(default_sandbox(), host=host, port=port) as running:
             console.print(f"limner sandbox at [bold]{running.base_url}[/] (any non-empty API key works)")
             for name, url in running.urls.items():
                 console.print(f"  {name:<14} {url}")

@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     )
     """Replaces the description of the `prompt` parameter of `image_edit_oai`."""
 
+    # --- DALL·E (LibreChat names) ---------------------------------------------------------------
+    dalle_api_key: SecretStr | None = Field(None, validation_alias=_env("DALLE3_API_KEY", "DALLE_API_KEY"))
+    """API key of the `dalle` tool (`DALLE3_API_KEY`, else `DALLE_API_KEY`; also the Azure key).
+    Empty or `user_provided`: each user enters their own."""
+    dalle_reverse_proxy: str | None = Field(None, validation_alias=_env("DALLE_REVERSE_PROXY"))
+    """Base URL of a reverse proxy or compatible service for DALL·E (OpenAI retired DALL·E)."""
+    dalle3_baseurl: str | None = Field(None, validation_alias=_env("DALLE3_BASEURL"))
+    """Azure OpenAI URL for DALL·E (a deployment URL or the resource endpoint); needs the api-version."""
+    dalle3_azure_api_version: str | None = Field(None, validation_alias=_env("DALLE3_AZURE_API_VERSION"))
+    """Azure `api-version` for DALL·E, e.g. `2024-10-21`."""
+    dalle3_system_prompt: str | None = Field(None, validation_alias=_env("DALLE3_SYSTEM_PROMPT"))
+    """Replaces the description of the `dalle` tool that the LLM reads (dead in LibreChat; it works here)."""
+    dalle_model: str = Field("dall-e-3", validation_alias=_env("LIMNER_DALLE_MODEL"))
+    """Model of the `dalle` tool: `dall-e-3` or `dall-e-2` (on Azure with a resource endpoint: the
+    deployment name)."""
+
     # --- shared LibreChat names ---------------------------------------------------------------
     proxy: str | None = Field(None, validation_alias=_env("PROXY"))
     """Outbound HTTP(S) proxy for every upstream call, e.g. `http://proxy:3128`."""
@@ -127,7 +143,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_env("LIMNER_LOG_LEVEL"))
     """Log level of `limner serve` (DEBUG, INFO, WARNING, ERROR)."""
 
-    @field_validator("image_gen_oai_baseurl", "proxy", "database_url")
+    @field_validator("image_gen_oai_baseurl", "dalle_reverse_proxy", "dalle3_baseurl", "proxy", "database_url")
     @classmethod
     def _strip_url(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

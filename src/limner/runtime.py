@@ -17,27 +17,24 @@ from typing import Any
 
 import anyio.to_thread
 import httpx2
-from pydantic import SecretStr
 
-from limner.backends.openai_images import OpenAIEndpoint, OpenAIImagesBackend, SettingNames
 from limner.config import SandboxMode, Settings
 from limner.db.session import Database
 from limner.errors import ConfigurationError, ToolNotFoundError
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
-from limner.sandbox.server import serve_sandbox
+from limner.sandbox.openai_images import OpenAIImagesEmulator
+from limner.sandbox.server import Sandbox, serve_sandbox
 from limner.storage import LocalBlobStore
 from limner.tools.base import ToolContext, ToolSpec
-from limner.tools.family import Family, FamilyStatus
+from limner.tools.family import BuildContext, Family, FamilyStatus, SandboxURLs
 from limner.tools.library import library_tools
-from limner.tools.openai import OpenAIDescriptions, OpenAIImageFamily
+from limner.tools.registry import any_configured, build_families
 
 __all__ = ["Runtime", "SandboxInfo"]
 
 log = logging.getLogger(__name__)
-
-SANDBOX_KEY = "sk-sandbox"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +94,7 @@ class Runtime:
                 fetch_client=await _http_client(settings, stack, sandbox=False),
             )
             sandbox = await _start_sandbox(settings, stack) if with_tools else None
-            families = [await _openai_family(settings, sandbox, stack)] if with_tools else []
+            families = await _families(settings, sandbox, stack) if with_tools else []
             yield cls(settings=settings, db=db, library=library, keyring=keyring, families=families, sandbox=sandbox)
 
     def tools(self) -> dict[str, ToolSpec[Any]]:
@@ -134,20 +131,17 @@ class Runtime:
         return {fid: f.key_source for fid, f in self.families.items() if f.key_source is not None}
 
 
-def _openai_configured(settings: Settings) -> bool:
-    """A key (even ``user_provided``) or a base URL means the operator chose this family."""
-    return settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
-
-
-def any_provider_configured(settings: Settings) -> bool:
-    """Whether the operator configured any image provider (then ``auto`` keeps the sandbox off)."""
-    return _openai_configured(settings)
+def default_sandbox() -> Sandbox:
+    """The emulators `limner serve` and `limner sandbox` run. DALL·E stays available here (OpenAI retired
+    it, and the contract tests cover that answer), so the ``dalle`` tool can be tried offline.
+    """
+    return Sandbox(openai=OpenAIImagesEmulator(retired_models={"gpt-image-1"}))
 
 
 def _sandbox_reason(settings: Settings) -> str | None:
     if settings.sandbox is SandboxMode.ON:
         return "LIMNER_SANDBOX=on"
-    if settings.sandbox is SandboxMode.AUTO and not any_provider_configured(settings):
+    if settings.sandbox is SandboxMode.AUTO and not any_configured(settings):
         return "no image provider is configured"
     return None
 
@@ -156,7 +150,7 @@ async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxIn
     reason = _sandbox_reason(settings)
     if reason is None:
         return None
-    running = await stack.enter_async_context(serve_sandbox(port=settings.sandbox_port))
+    running = await stack.enter_async_context(serve_sandbox(default_sandbox(), port=settings.sandbox_port))
     log.warning(
         "SANDBOX: %s, so every image tool talks to limner's built-in emulators at %s. Images are "
         "deterministic test renders, marked as sandbox-made. Configure a provider (e.g. IMAGE_GEN_OAI_API_KEY) "
@@ -175,75 +169,9 @@ async def _http_client(settings: Settings, stack: AsyncExitStack, *, sandbox: bo
     return client
 
 
-async def _openai_family(settings: Settings, sandbox: SandboxInfo | None, stack: AsyncExitStack) -> OpenAIImageFamily:
-    descriptions = OpenAIDescriptions(
-        generate=settings.image_gen_oai_description,
-        generate_prompt=settings.image_gen_oai_prompt_description,
-        edit=settings.image_edit_oai_description,
-        edit_prompt=settings.image_edit_oai_prompt_description,
-    )
-    model = settings.image_gen_oai_model
-    configured = _openai_configured(settings)
-    common: dict[str, Any] = {"model": model, "descriptions": descriptions}
-    if sandbox is not None:
-        backend = OpenAIImagesBackend(
-            endpoint=OpenAIEndpoint.resolve(sandbox.urls["openai"], None, SettingNames()),
-            http_client=await _http_client(settings, stack, sandbox=True),
-            timeout=settings.provider_timeout,
-            max_retries=settings.provider_max_retries,
-            partial_images=settings.partial_images,
-            is_sandbox=True,
-        )
-        source = KeySource("image_gen_oai", "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", SecretStr(SANDBOX_KEY))
-        status = _status(backend, model, source, sandbox=True, reason=f"sandbox: {sandbox.reason}")
-        policy = FetchPolicy(max_bytes=settings.max_upload_bytes, allow_loopback=True)
-        return OpenAIImageFamily(backend=backend, key_source=source, status=status, fetch_policy=policy, **common)
-    source = KeySource(
-        "image_gen_oai", "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", settings.image_gen_oai_api_key
-    )
-    if not configured:
-        status = FamilyStatus(
-            id="image_gen_oai",
-            title=OpenAIImageFamily.title,
-            available=False,
-            reason="IMAGE_GEN_OAI_API_KEY is not set (set a key, or user_provided to let each user enter theirs)",
-            model=model,
-        )
-        return OpenAIImageFamily(backend=None, key_source=source, status=status, **common)
-    endpoint = OpenAIEndpoint.resolve(
-        settings.image_gen_oai_baseurl, settings.image_gen_oai_azure_api_version, SettingNames()
-    )
-    backend = OpenAIImagesBackend(
-        endpoint=endpoint,
-        http_client=await _http_client(settings, stack, sandbox=False),
-        timeout=settings.provider_timeout,
-        max_retries=settings.provider_max_retries,
-        partial_images=settings.partial_images,
-    )
-    _warn_retired(backend, model)
-    status = _status(backend, model, source, sandbox=False, reason=None)
-    return OpenAIImageFamily(backend=backend, key_source=source, status=status, **common)
+async def _families(settings: Settings, sandbox: SandboxInfo | None, stack: AsyncExitStack) -> list[Family]:
+    async def client(for_sandbox: bool) -> httpx2.AsyncClient:
+        return await _http_client(settings, stack, sandbox=for_sandbox)
 
-
-def _status(
-    backend: OpenAIImagesBackend, model: str, source: KeySource, *, sandbox: bool, reason: str | None
-) -> FamilyStatus:
-    return FamilyStatus(
-        id="image_gen_oai",
-        title=OpenAIImageFamily.title,
-        available=True,
-        reason=reason,
-        is_sandbox=sandbox,
-        accepts_user_key=not sandbox and source.operator_key is None,
-        has_operator_key=source.operator_key is not None,
-        backend=backend.backend_name,
-        endpoint=backend.endpoint,
-        model=model,
-        details={"model_status": backend.profile(model).status},
-    )
-
-
-def _warn_retired(backend: OpenAIImagesBackend, model: str) -> None:
-    status = backend.profile(model).status
-    if status != "available":
-        log.warning("IMAGE_GEN_OAI_MODEL=%s: %s", model, status)
+    urls = SandboxURLs(urls=sandbox.urls, reason=sandbox.reason) if sandbox is not None else None
+    return await build_families(BuildContext(settings=settings, sandbox=urls, http_client=client))

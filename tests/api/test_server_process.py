@@ -120,7 +120,9 @@ def test_configured_provider_turns_the_sandbox_off(data_dir: Path, server_factor
     server_factory.append(server)
     health = server.wait_ready()
     assert health["sandbox"]["active"] is False  # type: ignore[index]
-    assert health["families"] == [{"id": "image_gen_oai", "available": True, "is_sandbox": False}]
+    families = {f["id"]: f for f in health["families"]}  # type: ignore[attr-defined]
+    assert families["image_gen_oai"] == {"id": "image_gen_oai", "available": True, "is_sandbox": False}
+    assert families["dalle"]["available"] is False  # never silently replaced by the sandbox
 
 
 def test_invalid_setting_stops_the_server_naming_it(data_dir: Path) -> None:

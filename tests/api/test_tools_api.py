@@ -113,12 +113,38 @@ async def test_keys_are_stored_and_never_returned(api: httpx2.AsyncClient, alice
     assert put.status_code == 204 and put.content == b""
     listing = await api.get("/api/keys", headers=headers)
     assert "sk-alice-secret" not in listing.text
-    (entry,) = listing.json()["keys"]
-    assert entry["provider"] == "image_gen_oai" and entry["is_set"] is True
+    entry = next(k for k in listing.json()["keys"] if k["provider"] == "image_gen_oai")
+    assert entry["is_set"] is True
     assert (await api.delete("/api/keys/image_gen_oai", headers=headers)).status_code == 204
-    assert (await api.get("/api/keys", headers=headers)).json()["keys"][0]["is_set"] is False
+    keys = (await api.get("/api/keys", headers=headers)).json()["keys"]
+    assert next(k for k in keys if k["provider"] == "image_gen_oai")["is_set"] is False
     unknown = await api.put("/api/keys/nope", headers=headers, json={"key": "x"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_provider"
     blank = await api.put("/api/keys/image_gen_oai", headers=headers, json={"key": "   "})
     assert blank.status_code == 422
-    assert (await api.get("/api/keys", headers=headers)).json()["keys"][0]["is_set"] is False
+    keys = (await api.get("/api/keys", headers=headers)).json()["keys"]
+    assert next(k for k in keys if k["provider"] == "image_gen_oai")["is_set"] is False
+
+
+async def test_dalle_image_gets_an_id_that_image_edit_oai_accepts(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    made = await call(api, headers, "dalle", prompt="a watercolour fox", size="1024x1792", style="natural")
+    assert made.status_code == 200, made.text
+    (image,) = made.json()["images"]
+    assert image["id"] in made.json()["text"] and image["tool"] == "dalle" and image["model"] == "dall-e-3"
+    assert image["revised_prompt"]
+    edited = await call(api, headers, "image_edit_oai", image_ids=[image["id"]], prompt="add snow")
+    assert edited.status_code == 200, edited.text
+    detail = (await api.get(f"/api/images/{edited.json()['images'][0]['id']}", headers=headers)).json()
+    assert [p["id"] for p in detail["parents"]] == [image["id"]]
+
+
+async def test_dalle_description_override(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from limner.runtime import Runtime
+    from tests.conftest import make_settings
+
+    settings = make_settings(Path(str(tmp_path)), dalle3_system_prompt="Draw with DALL·E, in English.")
+    async with Runtime.open(settings) as runtime:
+        assert runtime.tool("dalle").description == "Draw with DALL·E, in English."

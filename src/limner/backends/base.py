@@ -296,6 +296,8 @@ class Backend:
     def __init__(self, *, endpoint: str, is_sandbox: bool = False) -> None:
         self.endpoint = public_url(endpoint)
         self.is_sandbox = is_sandbox
+        self.backend_name: str = self.name
+        """Recorded with each image and named in errors (``azure`` for the OpenAI backend on Azure)."""
 
     def profile(self, model: str) -> ModelProfile:
         """The profile of ``model``; subclasses decide what an unknown model gets."""

@@ -107,6 +107,8 @@ class SettingNames:
     base_url: str = "IMAGE_GEN_OAI_BASEURL"
     api_version: str = "IMAGE_GEN_OAI_AZURE_API_VERSION"
     model: str = "IMAGE_GEN_OAI_MODEL"
+    retired_hint: str | None = None
+    """Said instead of 'pick a current model' when the upstream does not know the model (DALL·E)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,7 +447,8 @@ class OpenAIImagesBackend(Backend):
             )
         return ProviderRequestError(
             f"{self.display_name} says the model does not exist or has been retired: {upstream}",
-            hint=f"Set {names.model} to a current model, for example gpt-image-1.5 or gpt-image-2.",
+            hint=names.retired_hint
+            or f"Set {names.model} to a current model, for example gpt-image-1.5 or gpt-image-2.",
             **common,
         )
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 from limner.backends.base import ModelProfile, SizeRule
 from limner.config import DEFAULT_OAI_MODEL
 
-__all__ = ["DEFAULT_MODEL", "OPENAI_PROFILES", "permissive_profile"]
+__all__ = ["DALLE_PROFILES", "DEFAULT_MODEL", "OPENAI_PROFILES", "permissive_profile"]
 
 DEFAULT_MODEL = DEFAULT_OAI_MODEL
 
@@ -55,6 +55,49 @@ OPENAI_PROFILES: dict[str, ModelProfile] = {
         "gpt-image-2.6-flare",
     ),
 }
+
+
+DALLE_PROFILES: dict[str, ModelProfile] = {
+    "dall-e-3": ModelProfile(
+        name="dall-e-3",
+        family="dall-e",
+        status="retired on OpenAI 2026-05-12 (reverse proxies and older Azure resources may still serve it)",
+        sizes=("1024x1024", "1792x1024", "1024x1792"),
+        qualities=("standard", "hd"),
+        styles=("vivid", "natural"),
+        backgrounds=(),
+        output_formats=(),
+        max_n=1,
+        max_prompt_chars=4000,
+        supports_edit=False,
+        supports_mask=False,
+        max_input_images=0,
+        input_fidelities=(),
+        supports_streaming=False,
+        returns_revised_prompt=True,
+    ),
+    "dall-e-2": ModelProfile(
+        name="dall-e-2",
+        family="dall-e",
+        status="retired on OpenAI 2026-05-12 (reverse proxies may still serve it)",
+        sizes=("256x256", "512x512", "1024x1024"),
+        qualities=("standard",),
+        backgrounds=(),
+        output_formats=(),
+        max_n=10,
+        max_prompt_chars=1000,
+        supports_edit=True,
+        supports_mask=True,
+        max_input_images=1,
+        input_media_types=("image/png",),
+        max_input_bytes=4 * 1024 * 1024,
+        input_fidelities=(),
+        supports_streaming=False,
+    ),
+}
+"""DALL·E, for the ``dalle`` family: shut down on OpenAI, still served by some proxies and Azure resources."""
+
+OPENAI_PROFILES.update(DALLE_PROFILES)
 
 
 def permissive_profile(model: str) -> ModelProfile:

@@ -1,19 +1,43 @@
 """Tool families: a configured backend plus the tools it offers, and whether it is available and why.
 
-A family is what an operator configures (``image_gen_oai``, later ``dalle``, ``stable-diffusion``,
-``flux``, MCP servers) and what a user may need a key for; its ``id`` is also the provider name of the
-user's stored key (``PUT /api/keys/{id}``).
+A family is what an operator configures (``image_gen_oai``, ``dalle``, ``stable-diffusion``, ``flux``, MCP
+servers) and what a user may need a key for; its ``id`` is also the provider name of the user's stored key
+(``PUT /api/keys/{id}``). :class:`BackendFamily` holds what every image family does the same way: resolve
+the key, read input images for the caller, save outputs with their provenance, and write the text the LLM
+reads. Subclasses only declare their tools.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from limner.keys import KeySource
-from limner.tools.base import ToolSpec
+import httpx2
 
-__all__ = ["Family", "FamilyStatus"]
+from limner.backends.base import Backend, ImageOutput, InputImage
+from limner.config import Settings
+from limner.errors import ConfigurationError
+from limner.imaging import extension_for, prepare_mask
+from limner.keys import KeySource
+from limner.library import ImageRecord, Provenance
+from limner.net import FetchPolicy
+from limner.tools.base import ToolContext, ToolResult, ToolSpec
+from limner.tools.texts import describe_new_images
+
+__all__ = [
+    "SANDBOX_KEY",
+    "BackendFamily",
+    "BuildContext",
+    "Family",
+    "FamilyStatus",
+    "SandboxURLs",
+    "available_status",
+    "unavailable_status",
+]
+
+SANDBOX_KEY = "sk-sandbox"
+"""The key families send to the emulators (which accept any non-empty key)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +55,65 @@ class FamilyStatus:
     endpoint: str | None = None
     model: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxURLs:
+    """Where the built-in emulators answer, when they stand in for the providers, and why."""
+
+    urls: dict[str, str]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildContext:
+    """What a family builder needs: the settings, the emulators (when they stand in), an HTTP client factory
+    (the runtime owns and closes what it makes; ``sandbox=True`` gives one without the proxy).
+    """
+
+    settings: Settings
+    sandbox: SandboxURLs | None
+    http_client: Callable[[bool], Awaitable[httpx2.AsyncClient]]
+
+    def sandbox_reason(self) -> str:
+        """How the status explains that the emulators answer."""
+        assert self.sandbox is not None
+        return f"sandbox: {self.sandbox.reason}"
+
+    def fetch_policy(self, *, sandbox: bool, allowed_hosts: frozenset[str] | None = None) -> FetchPolicy:
+        """The safe-fetch policy for a family's result URLs (the emulators live on loopback)."""
+        settings = self.settings
+        return FetchPolicy(
+            max_bytes=settings.max_upload_bytes,
+            allow_loopback=sandbox or settings.fetch_allow_loopback,
+            allowed_hosts=None if sandbox else allowed_hosts,
+            proxy=None if sandbox else settings.proxy,
+        )
+
+
+def available_status(
+    family: type[BackendFamily], backend: Backend, model: str, source: KeySource | None, *, reason: str | None
+) -> FamilyStatus:
+    """The status of a family that can run."""
+    operator = source.operator_key if source is not None else None
+    return FamilyStatus(
+        id=family.id,
+        title=family.title,
+        available=True,
+        reason=reason,
+        is_sandbox=backend.is_sandbox,
+        accepts_user_key=source is not None and not backend.is_sandbox and operator is None,
+        has_operator_key=operator is not None,
+        backend=backend.backend_name,
+        endpoint=backend.endpoint,
+        model=model,
+        details={"model_status": backend.profile(model).status},
+    )
+
+
+def unavailable_status(family: type[BackendFamily], reason: str, model: str | None = None) -> FamilyStatus:
+    """The status of a family that is not configured."""
+    return FamilyStatus(id=family.id, title=family.title, available=False, reason=reason, model=model)
 
 
 class Family(Protocol):
@@ -52,3 +135,124 @@ class Family(Protocol):
     def tools(self) -> list[ToolSpec[Any]]:
         """The tools of this family (also when unavailable, so their schemas can be listed)."""
         ...
+
+
+class BackendFamily:
+    """A family backed by one image backend and model; subclasses define ``_build_tools``."""
+
+    id: str = "family"
+    title: str = "Family"
+    enable_hint: str = ""
+    """What an operator sets to enable the family, for the 'not available' error."""
+
+    def __init__(
+        self,
+        *,
+        backend: Backend | None,
+        model: str,
+        key_source: KeySource | None,
+        status: FamilyStatus,
+        fetch_policy: FetchPolicy | None = None,
+    ) -> None:
+        self.backend = backend
+        self.model = model
+        self._key_source = key_source
+        self._status = status
+        self.fetch_policy = fetch_policy
+        self._tools: list[ToolSpec[Any]] | None = None
+
+    @property
+    def status(self) -> FamilyStatus:
+        """Availability and why."""
+        return self._status
+
+    @property
+    def key_source(self) -> KeySource | None:
+        """The operator's key variable, else the user's stored key for this family."""
+        return self._key_source
+
+    def tools(self) -> list[ToolSpec[Any]]:
+        """The family's tools, built once (schemas are pydantic models made at run time)."""
+        if self._tools is None:
+            self._tools = self._build_tools()
+        return self._tools
+
+    def _build_tools(self) -> list[ToolSpec[Any]]:
+        raise NotImplementedError
+
+    # --- helpers for the tools -------------------------------------------------------------------
+
+    def ready(self) -> Backend:
+        """The backend, or the reason the family cannot run."""
+        if self.backend is None:
+            raise ConfigurationError(f"{self.title} are not available: {self._status.reason}", hint=self.enable_hint)
+        return self.backend
+
+    async def api_key(self, ctx: ToolContext) -> str | None:
+        """The key for this call (operator's, else the caller's), or None when the upstream takes none."""
+        if self._key_source is None:
+            return None
+        return await ctx.keyring.resolve(ctx.user_id, self._key_source)
+
+    async def inputs(self, ctx: ToolContext, image_ids: Sequence[str]) -> list[tuple[ImageRecord, InputImage]]:
+        """The caller's images by ID, as backend inputs (an unknown or foreign ID fails the call)."""
+        found = await ctx.library.read_many(ctx.user_id, image_ids)
+        return [(rec, InputImage(data=data, media_type=rec.media_type, name=_name(rec))) for rec, data in found]
+
+    async def mask(
+        self, ctx: ToolContext, mask_id: str | None, first: ImageRecord
+    ) -> tuple[ImageRecord | None, InputImage | None]:
+        """The mask as an RGBA PNG of the first image's size, and its record (for lineage)."""
+        if mask_id is None:
+            return None, None
+        ((record, data),) = await ctx.library.read_many(ctx.user_id, [mask_id])
+        png = await prepare_mask(data, (first.width, first.height))
+        return record, InputImage(data=png, media_type="image/png", name="mask.png")
+
+    async def save(
+        self,
+        ctx: ToolContext,
+        outputs: list[ImageOutput],
+        *,
+        tool: str,
+        prompt: str,
+        params: dict[str, Any],
+        parents: Sequence[tuple[str, str]] = (),
+    ) -> list[ImageRecord]:
+        """Store outputs with their provenance; ``parents`` are (image ID, role) pairs for lineage."""
+        backend = self.ready()
+        provenance = Provenance(
+            source="edited" if parents else "generated",
+            tool=tool,
+            backend=backend.backend_name,
+            endpoint=backend.endpoint,
+            model=self.model,
+            prompt=prompt,
+            parameters={k: v for k, v in params.items() if k != "prompt"},
+            parent_ids=tuple(pid for pid, _ in parents),
+            parent_roles=tuple(role for _, role in parents),
+            conversation_id=ctx.conversation_id,
+            message_id=ctx.message_id,
+            is_sandbox=backend.is_sandbox,
+        )
+        return await ctx.library.save(ctx.user_id, outputs, provenance, fetch_policy=self.fetch_policy)
+
+    def result(
+        self, records: list[ImageRecord], *, referenced: Sequence[str], action: str, edit_tool: str
+    ) -> ToolResult:
+        """The success result: the LLM's text names every ID; metadata is for UIs."""
+        text = describe_new_images(
+            records, action=action, model=self.model, referenced=list(referenced), edit_tool=edit_tool
+        )
+        metadata = {
+            "tool_family": self.id,
+            "model": self.model,
+            "image_ids": [r.id for r in records],
+            "referenced_image_ids": list(referenced),
+            "is_sandbox": self._status.is_sandbox,
+        }
+        return ToolResult(text=text, images=records, metadata=metadata)
+
+
+def _name(record: ImageRecord) -> str:
+    return f"{record.id}.{extension_for(record.media_type)}"

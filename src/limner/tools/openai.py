@@ -7,23 +7,22 @@ and every image ID the LLM passes must resolve for the caller, or the call fails
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, create_model
 
-from limner.backends.base import EditRequest, GenerateRequest, InputImage, ModelProfile
-from limner.backends.openai_images import OpenAIImagesBackend
+from limner.backends.base import EditRequest, GenerateRequest, ModelProfile
+from limner.backends.openai_images import OpenAIEndpoint, OpenAIImagesBackend, SettingNames
 from limner.backends.openai_profiles import permissive_profile
-from limner.errors import ConfigurationError
-from limner.imaging import extension_for, prepare_mask
+from limner.config import Settings
 from limner.keys import KeySource
-from limner.library import ImageRecord, Provenance
-from limner.net import FetchPolicy
 from limner.tools.base import ToolContext, ToolResult, ToolSpec
-from limner.tools.family import FamilyStatus
-from limner.tools.texts import describe_new_images
+from limner.tools.family import SANDBOX_KEY, BackendFamily, BuildContext, available_status, unavailable_status
 
-__all__ = ["OpenAIDescriptions", "OpenAIImageFamily"]
+__all__ = ["OpenAIDescriptions", "OpenAIImageFamily", "build", "configured"]
+
+log = logging.getLogger(__name__)
 
 FAMILY_ID = "image_gen_oai"
 GEN_TOOL = "image_gen_oai"
@@ -149,51 +148,22 @@ def edit_args_model(profile: ModelProfile, prompt_description: str) -> type[Base
     )
 
 
-class OpenAIImageFamily:
+class OpenAIImageFamily(BackendFamily):
     """The OpenAI Image Tools family, bound to one backend and model."""
 
     id = FAMILY_ID
     title = "OpenAI Image Tools"
+    enable_hint = "Set IMAGE_GEN_OAI_API_KEY (or user_provided, for each user to enter theirs) to enable them."
 
-    def __init__(
-        self,
-        *,
-        backend: OpenAIImagesBackend | None,
-        model: str,
-        key_source: KeySource,
-        descriptions: OpenAIDescriptions,
-        status: FamilyStatus,
-        fetch_policy: FetchPolicy | None = None,
-    ) -> None:
-        self.backend = backend
-        self.model = model
-        self._key_source = key_source
+    def __init__(self, *, descriptions: OpenAIDescriptions, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.descriptions = descriptions
-        self._status = status
-        self.fetch_policy = fetch_policy
-        self._tools: list[ToolSpec[Any]] | None = None
-
-    @property
-    def status(self) -> FamilyStatus:
-        """Availability and why."""
-        return self._status
-
-    @property
-    def key_source(self) -> KeySource:
-        """The operator's IMAGE_GEN_OAI_API_KEY, else the user's key for ``image_gen_oai``."""
-        return self._key_source
 
     def profile(self) -> ModelProfile:
         """The configured model's profile (the permissive one for unknown names)."""
         if self.backend is not None:
             return self.backend.profile(self.model)
         return OpenAIImagesBackend.profiles.get(self.model) or permissive_profile(self.model)
-
-    def tools(self) -> list[ToolSpec[Any]]:
-        """Both tools, with the operator's descriptions when set (built once: schemas cost time)."""
-        if self._tools is None:
-            self._tools = self._build_tools()
-        return self._tools
 
     def _build_tools(self) -> list[ToolSpec[Any]]:
         profile, d = self.profile(), self.descriptions
@@ -216,97 +186,85 @@ class OpenAIImageFamily:
             ),
         ]
 
-    def _ready(self) -> OpenAIImagesBackend:
-        if self.backend is None:
-            raise ConfigurationError(
-                f"{self.title} are not available: {self._status.reason}",
-                hint="Set IMAGE_GEN_OAI_API_KEY (or user_provided) to enable them.",
-            )
-        return self.backend
-
     async def _generate(self, args: Any, ctx: ToolContext) -> ToolResult:
-        backend = self._ready()
-        key = await ctx.keyring.resolve(ctx.user_id, self.key_source)
+        backend = self.ready()
+        key = await self.api_key(ctx)
         params = args.model_dump(exclude_none=True)
-        request = GenerateRequest(model=self.model, **params)
-        outputs = await backend.generate(request, api_key=key, progress=ctx.progress)
-        records = await self._save(ctx, outputs, prompt=args.prompt, params=params, source="generated")
-        return self._result(records, referenced=[], action="Generated")
+        outputs = await backend.generate(
+            GenerateRequest(model=self.model, **params), api_key=key, progress=ctx.progress
+        )
+        records = await self.save(ctx, outputs, tool=GEN_TOOL, prompt=args.prompt, params=params)
+        return self.result(records, referenced=[], action="Generated", edit_tool=EDIT_TOOL)
 
     async def _edit(self, args: Any, ctx: ToolContext) -> ToolResult:
-        backend = self._ready()
-        key = await ctx.keyring.resolve(ctx.user_id, self.key_source)
-        inputs = await ctx.library.read_many(ctx.user_id, args.image_ids)
-        mask_record, mask = (
-            (await self._mask(ctx, args.mask_image_id, inputs[0][0])) if args.mask_image_id else (None, None)
-        )
+        backend = self.ready()
+        key = await self.api_key(ctx)
+        inputs = await self.inputs(ctx, args.image_ids)
+        mask_record, mask = await self.mask(ctx, args.mask_image_id, inputs[0][0])
         params = args.model_dump(exclude_none=True, exclude={"image_ids", "mask_image_id"})
-        request = EditRequest(
-            model=self.model,
-            images=tuple(InputImage(data=data, media_type=rec.media_type, name=_name(rec)) for rec, data in inputs),
-            mask=mask,
-            **params,
-        )
+        request = EditRequest(model=self.model, images=tuple(i for _, i in inputs), mask=mask, **params)
         outputs = await backend.edit(request, api_key=key, progress=ctx.progress)
-        referenced = [rec.id for rec, _ in inputs]
-        roles = ["input"] * len(referenced)
+        parents = [(rec.id, "input") for rec, _ in inputs]
         if mask_record is not None:
-            referenced.append(mask_record.id)
-            roles.append("mask")
-        records = await self._save(
-            ctx, outputs, prompt=args.prompt, params=params, source="edited", parents=referenced, roles=roles
-        )
-        return self._result(records, referenced=[rec.id for rec, _ in inputs], action="Edited")
-
-    async def _mask(
-        self, ctx: ToolContext, mask_id: str | None, first: ImageRecord
-    ) -> tuple[ImageRecord | None, InputImage | None]:
-        """The mask as an RGBA PNG of the first image's size, and its record (for lineage)."""
-        if mask_id is None:
-            return None, None
-        ((record, data),) = await ctx.library.read_many(ctx.user_id, [mask_id])
-        png = await prepare_mask(data, (first.width, first.height))
-        return record, InputImage(data=png, media_type="image/png", name="mask.png")
-
-    async def _save(
-        self,
-        ctx: ToolContext,
-        outputs: list[Any],
-        *,
-        prompt: str,
-        params: dict[str, Any],
-        source: str,
-        parents: list[str] | None = None,
-        roles: list[str] | None = None,
-    ) -> list[ImageRecord]:
-        backend = self._ready()
-        provenance = Provenance(
-            source=source,
-            tool=GEN_TOOL if source == "generated" else EDIT_TOOL,
-            backend=backend.backend_name,
-            endpoint=backend.endpoint,
-            model=self.model,
-            prompt=prompt,
-            parameters={k: v for k, v in params.items() if k != "prompt"},
-            parent_ids=tuple(parents or ()),
-            parent_roles=tuple(roles or ()),
-            conversation_id=ctx.conversation_id,
-            message_id=ctx.message_id,
-            is_sandbox=backend.is_sandbox,
-        )
-        return await ctx.library.save(ctx.user_id, outputs, provenance, fetch_policy=self.fetch_policy)
-
-    def _result(self, records: list[ImageRecord], *, referenced: list[str], action: str) -> ToolResult:
-        text = describe_new_images(records, action=action, model=self.model, referenced=referenced, edit_tool=EDIT_TOOL)
-        metadata = {
-            "tool_family": FAMILY_ID,
-            "model": self.model,
-            "image_ids": [r.id for r in records],
-            "referenced_image_ids": referenced,
-            "is_sandbox": self._status.is_sandbox,
-        }
-        return ToolResult(text=text, images=records, metadata=metadata)
+            parents.append((mask_record.id, "mask"))
+        records = await self.save(ctx, outputs, tool=EDIT_TOOL, prompt=args.prompt, params=params, parents=parents)
+        return self.result(records, referenced=[rec.id for rec, _ in inputs], action="Edited", edit_tool=EDIT_TOOL)
 
 
-def _name(record: ImageRecord) -> str:
-    return f"{record.id}.{extension_for(record.media_type)}"
+def configured(settings: Settings) -> bool:
+    """A key (even ``user_provided``) or a base URL means the operator chose this family."""
+    return settings.image_gen_oai_api_key is not None or settings.image_gen_oai_baseurl is not None
+
+
+async def build(ctx: BuildContext) -> OpenAIImageFamily:
+    """The family from the settings: the emulator, the configured endpoint, or unavailable."""
+    settings = ctx.settings
+    descriptions = OpenAIDescriptions(
+        generate=settings.image_gen_oai_description,
+        generate_prompt=settings.image_gen_oai_prompt_description,
+        edit=settings.image_edit_oai_description,
+        edit_prompt=settings.image_edit_oai_prompt_description,
+    )
+    model = settings.image_gen_oai_model
+    common: dict[str, Any] = {"model": model, "descriptions": descriptions}
+    if ctx.sandbox is not None:
+        source = KeySource(FAMILY_ID, "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", SecretStr(SANDBOX_KEY))
+        backend = await _backend(ctx, OpenAIEndpoint.resolve(ctx.sandbox.urls["openai"], None, _NAMES), sandbox=True)
+        status = available_status(OpenAIImageFamily, backend, model, source, reason=ctx.sandbox_reason())
+        policy = ctx.fetch_policy(sandbox=True)
+        return OpenAIImageFamily(backend=backend, key_source=source, status=status, fetch_policy=policy, **common)
+    source = KeySource(FAMILY_ID, "IMAGE_GEN_OAI_API_KEY", "the OpenAI Image Tools", settings.image_gen_oai_api_key)
+    if not configured(settings):
+        reason = "IMAGE_GEN_OAI_API_KEY is not set (set a key, or user_provided to let each user enter theirs)"
+        status = unavailable_status(OpenAIImageFamily, reason, model)
+        return OpenAIImageFamily(backend=None, key_source=source, status=status, **common)
+    endpoint = OpenAIEndpoint.resolve(settings.image_gen_oai_baseurl, settings.image_gen_oai_azure_api_version, _NAMES)
+    backend = await _backend(ctx, endpoint, sandbox=False)
+    warn_if_retired(backend, model, "IMAGE_GEN_OAI_MODEL")
+    status = available_status(OpenAIImageFamily, backend, model, source, reason=None)
+    return OpenAIImageFamily(
+        backend=backend, key_source=source, status=status, fetch_policy=ctx.fetch_policy(sandbox=False), **common
+    )
+
+
+_NAMES = SettingNames()
+
+
+async def _backend(ctx: BuildContext, endpoint: OpenAIEndpoint, *, sandbox: bool) -> OpenAIImagesBackend:
+    settings = ctx.settings
+    return OpenAIImagesBackend(
+        endpoint=endpoint,
+        http_client=await ctx.http_client(sandbox),
+        timeout=settings.provider_timeout,
+        max_retries=settings.provider_max_retries,
+        partial_images=settings.partial_images,
+        setting_names=_NAMES,
+        is_sandbox=sandbox,
+    )
+
+
+def warn_if_retired(backend: OpenAIImagesBackend, model: str, variable: str) -> None:
+    """Say at start when the configured model is retired or deprecated."""
+    status = backend.profile(model).status
+    if status != "available":
+        log.warning("%s=%s: %s", variable, model, status)
