@@ -210,14 +210,44 @@ def generate(
     size: Annotated[str | None, typer.Option(help="e.g. 1024x1024, 1536x1024, auto.")] = None,
     quality: Annotated[str | None, typer.Option(help="auto, low, medium, high.")] = None,
     background: Annotated[str | None, typer.Option(help="auto, transparent, opaque.")] = None,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10, help="How many images.")] = 1,
+    n: Annotated[int | None, typer.Option("--n", "-n", min=1, max=10, help="How many images.")] = None,
+    negative: Annotated[str | None, typer.Option(help="What must not appear (stable-diffusion).")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to write the images to.")] = None,
-    tool: Annotated[str, typer.Option(help="Generation tool to use.")] = "image_gen_oai",
+    tool: Annotated[
+        str, typer.Option(help="Generation tool: image_gen_oai, dalle, stable-diffusion or flux.")
+    ] = "image_gen_oai",
 ) -> None:
     """Generate images from a prompt and store them in the library (and in --out)."""
-    args = {"prompt": prompt, "size": size, "quality": quality, "background": background, "n": n}
-    arguments = {k: v for k, v in args.items() if v is not None}
-    _with_runtime(lambda rt: _run_tool_locally(rt, tool, arguments, out), with_tools=True)
+    options = {"size": size, "quality": quality, "background": background, "n": n, "negative_prompt": negative}
+
+    async def work(runtime: Runtime) -> None:
+        arguments = _tool_arguments(runtime, tool, {"prompt": prompt}, options, action="generate")
+        await _run_tool_locally(runtime, tool, arguments, out)
+
+    _with_runtime(work, with_tools=True)
+
+
+def _tool_arguments(
+    runtime: Runtime, tool: str, required: dict[str, Any], options: dict[str, Any], *, action: str
+) -> dict[str, Any]:
+    """CLI options as the tool's own arguments: only those it takes (else a clear error), ``--size`` as
+    width/height for tools that take those, and the action for one-tool families (flux).
+    """
+    properties = runtime.tool(tool).json_schema().get("properties", {})
+    arguments = dict(required)
+    if "action" in properties:
+        arguments["action"] = action
+    for name, value in options.items():
+        if value is None:
+            continue
+        if name == "size" and "size" not in properties and {"width", "height"} <= set(properties):
+            width, _, height = value.partition("x")
+            arguments.update(width=int(width), height=int(height))
+        elif name in properties:
+            arguments[name] = value
+        else:
+            raise InputError(f"The tool {tool} does not take --{name.replace('_', '-')}.")
+    return arguments
 
 
 @app.command()
@@ -227,21 +257,20 @@ def edit(
     mask: Annotated[Path | None, typer.Option(help="PNG whose transparent pixels mark the area to change.")] = None,
     size: Annotated[str | None, typer.Option(help="Output size.")] = None,
     quality: Annotated[str | None, typer.Option(help="auto, low, medium, high.")] = None,
-    n: Annotated[int, typer.Option("--n", "-n", min=1, max=10, help="How many variants.")] = 1,
+    n: Annotated[int | None, typer.Option("--n", "-n", min=1, max=10, help="How many variants.")] = None,
     out: Annotated[Path | None, typer.Option(help="Folder to write the images to.")] = None,
-    tool: Annotated[str, typer.Option(help="Editing tool to use.")] = "image_edit_oai",
+    tool: Annotated[
+        str, typer.Option(help="Editing tool: image_edit_oai, stable-diffusion-edit or flux.")
+    ] = "image_edit_oai",
 ) -> None:
     """Edit images by ID; the new images name them as parents."""
 
     async def work(runtime: Runtime) -> None:
-        args: dict[str, Any] = {
-            "image_ids": image_ids,
-            "prompt": prompt,
-            "size": size,
-            "quality": quality,
-            "n": n,
-        }
+        options = {"size": size, "quality": quality, "n": n}
+        args = _tool_arguments(runtime, tool, {"image_ids": image_ids, "prompt": prompt}, options, action="edit")
         if mask is not None:
+            if "mask_image_id" not in runtime.tool(tool).json_schema().get("properties", {}):
+                raise InputError(f"The tool {tool} does not take --mask.")
             data = await asyncio.to_thread(mask.read_bytes)
             user_id = await _local_user_id(runtime)
             from limner.backends.base import ImageOutput
@@ -250,7 +279,7 @@ def edit(
                 user_id, [ImageOutput(data=data)], Provenance(source="uploaded", original_name=mask.name)
             )
             args["mask_image_id"] = record.id
-        await _run_tool_locally(runtime, tool, {k: v for k, v in args.items() if v is not None}, out)
+        await _run_tool_locally(runtime, tool, args, out)
 
     _with_runtime(work, with_tools=True)
 

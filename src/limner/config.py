@@ -102,6 +102,42 @@ class Settings(BaseSettings):
     """Model of the `dalle` tool: `dall-e-3` or `dall-e-2` (on Azure with a resource endpoint: the
     deployment name)."""
 
+    # --- Stable Diffusion (AUTOMATIC1111, Forge, SD.Next) -----------------------------------------
+    sd_webui_url: str | None = Field(None, validation_alias=_env("SD_WEBUI_URL"))
+    """URL of an AUTOMATIC1111-compatible web UI started with `--api` (A1111, Forge, SD.Next), e.g.
+    `http://127.0.0.1:7860`."""
+    sd_auth: SecretStr | None = Field(None, validation_alias=_env("LIMNER_SD_AUTH"))
+    """`user:password` for the web UI's HTTP basic auth (A1111 `--api-auth`, SD.Next `--auth`)."""
+    sd_steps: int = Field(22, ge=1, le=150, validation_alias=_env("LIMNER_SD_STEPS"))
+    """Sampling steps (LibreChat's fixed value is the default)."""
+    sd_cfg_scale: float = Field(4.5, gt=0, le=30, validation_alias=_env("LIMNER_SD_CFG_SCALE"))
+    """Classifier-free guidance scale."""
+    sd_width: int = Field(1024, ge=64, le=4096, multiple_of=8, validation_alias=_env("LIMNER_SD_WIDTH"))
+    """Default image width (a multiple of 8)."""
+    sd_height: int = Field(1024, ge=64, le=4096, multiple_of=8, validation_alias=_env("LIMNER_SD_HEIGHT"))
+    """Default image height (a multiple of 8)."""
+    sd_sampler: str | None = Field(None, validation_alias=_env("LIMNER_SD_SAMPLER"))
+    """Sampler name, e.g. `DPM++ 2M` (unset: the web UI's default)."""
+    sd_scheduler: str | None = Field(None, validation_alias=_env("LIMNER_SD_SCHEDULER"))
+    """Scheduler, e.g. `Karras` (unset: automatic)."""
+    sd_checkpoint: str | None = Field(None, validation_alias=_env("LIMNER_SD_CHECKPOINT"))
+    """Checkpoint to use for every call, sent as `override_settings.sd_model_checkpoint`."""
+    sd_denoising_strength: float = Field(0.75, ge=0, le=1, validation_alias=_env("LIMNER_SD_DENOISING_STRENGTH"))
+    """Default strength of img2img edits (0 keeps the input, 1 ignores it)."""
+
+    # --- Flux (Black Forest Labs) ---------------------------------------------------------------
+    flux_api_key: SecretStr | None = Field(None, validation_alias=_env("FLUX_API_KEY"))
+    """Black Forest Labs API key. Empty or `user_provided`: each user enters their own."""
+    flux_api_base_url: str = Field("https://api.us1.bfl.ai", validation_alias=_env("FLUX_API_BASE_URL"))
+    """BFL API host: `https://api.bfl.ai` (global), `https://api.eu.bfl.ai`, `https://api.us.bfl.ai`, or the
+    legacy single-cluster `https://api.us1.bfl.ai` / `https://api.eu1.bfl.ai` (needed for fine-tunes)."""
+    flux_model: str = Field("flux-pro-1.1", validation_alias=_env("LIMNER_FLUX_MODEL"))
+    """Default generation endpoint of the `flux` tool (without `/v1/`)."""
+    flux_edit_model: str = Field("flux-kontext-pro", validation_alias=_env("LIMNER_FLUX_EDIT_MODEL"))
+    """Default editing endpoint of the `flux` tool (a FLUX Kontext or FLUX.2 endpoint)."""
+    flux_deadline: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_FLUX_DEADLINE"))
+    """Seconds a Flux task may take from submission to a ready image before it is abandoned."""
+
     # --- shared LibreChat names ---------------------------------------------------------------
     proxy: str | None = Field(None, validation_alias=_env("PROXY"))
     """Outbound HTTP(S) proxy for every upstream call, e.g. `http://proxy:3128`."""
@@ -143,7 +179,9 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", validation_alias=_env("LIMNER_LOG_LEVEL"))
     """Log level of `limner serve` (DEBUG, INFO, WARNING, ERROR)."""
 
-    @field_validator("image_gen_oai_baseurl", "dalle_reverse_proxy", "dalle3_baseurl", "proxy", "database_url")
+    @field_validator(
+        "image_gen_oai_baseurl", "dalle_reverse_proxy", "dalle3_baseurl", "sd_webui_url", "proxy", "database_url"
+    )
     @classmethod
     def _strip_url(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None

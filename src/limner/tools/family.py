@@ -218,6 +218,7 @@ class BackendFamily:
         prompt: str,
         params: dict[str, Any],
         parents: Sequence[tuple[str, str]] = (),
+        model: str | None = None,
     ) -> list[ImageRecord]:
         """Store outputs with their provenance; ``parents`` are (image ID, role) pairs for lineage."""
         backend = self.ready()
@@ -226,7 +227,7 @@ class BackendFamily:
             tool=tool,
             backend=backend.backend_name,
             endpoint=backend.endpoint,
-            model=self.model,
+            model=model or self.model,
             prompt=prompt,
             parameters={k: v for k, v in params.items() if k != "prompt"},
             parent_ids=tuple(pid for pid, _ in parents),
@@ -238,15 +239,20 @@ class BackendFamily:
         return await ctx.library.save(ctx.user_id, outputs, provenance, fetch_policy=self.fetch_policy)
 
     def result(
-        self, records: list[ImageRecord], *, referenced: Sequence[str], action: str, edit_tool: str
+        self,
+        records: list[ImageRecord],
+        *,
+        referenced: Sequence[str],
+        action: str,
+        edit_tool: str,
+        model: str | None = None,
     ) -> ToolResult:
         """The success result: the LLM's text names every ID; metadata is for UIs."""
-        text = describe_new_images(
-            records, action=action, model=self.model, referenced=list(referenced), edit_tool=edit_tool
-        )
+        used = model or self.model
+        text = describe_new_images(records, action=action, model=used, referenced=list(referenced), edit_tool=edit_tool)
         metadata = {
             "tool_family": self.id,
-            "model": self.model,
+            "model": used,
             "image_ids": [r.id for r in records],
             "referenced_image_ids": list(referenced),
             "is_sandbox": self._status.is_sandbox,
