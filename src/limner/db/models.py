@@ -14,7 +14,18 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["ApiToken", "Base", "Credential", "Image", "ImageParent", "User", "utcnow"]
+__all__ = [
+    "Agent",
+    "ApiToken",
+    "Base",
+    "ChatMessage",
+    "Conversation",
+    "Credential",
+    "Image",
+    "ImageParent",
+    "User",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -38,7 +49,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     """Declarative base of every table."""
 
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[str]: JSON(), list[Any]: JSON()}
 
 
 class User(Base):
@@ -119,3 +130,48 @@ class Credential(Base):
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Agent(Base):
+    """A named chat configuration of one user: instructions, chat model, tool families, vision handoff."""
+
+    __tablename__ = "agents"
+    __table_args__ = (UniqueConstraint("owner_id", "name", name="uq_agents_owner_name"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    chat_model: Mapped[str | None] = mapped_column(String(200), default=None)
+    tool_families: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    vision_handoff: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Conversation(Base):
+    """A chat: its messages are the history the LLM gets back when the conversation continues."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (Index("ix_conversations_owner_updated", "owner_id", "updated_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    agent_id: Mapped[str | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), default=None)
+    title: Mapped[str] = mapped_column(String(200), default="New conversation")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ChatMessage(Base):
+    """One turn's messages, as the LLM library serialises them, with images replaced by their IDs."""
+
+    __tablename__ = "chat_messages"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    role: Mapped[str] = mapped_column(String(20))
+    text: Mapped[str] = mapped_column(Text, default="")
+    image_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    payload: Mapped[list[Any]] = mapped_column(JSON, default=list)
