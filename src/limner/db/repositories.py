@@ -14,12 +14,29 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from limner.db.models import ApiToken, Credential, Image, ImageParent, User, utcnow
+from limner.db.models import (
+    Agent,
+    ApiToken,
+    ChatMessage,
+    Conversation,
+    Credential,
+    Image,
+    ImageParent,
+    User,
+    utcnow,
+)
 from limner.ids import hash_token, new_row_id, new_user_id
 
 _TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
 
-__all__ = ["CredentialRepository", "ImageRepository", "StorageKeyRepository", "UserRepository"]
+__all__ = [
+    "AgentRepository",
+    "ConversationRepository",
+    "CredentialRepository",
+    "ImageRepository",
+    "StorageKeyRepository",
+    "UserRepository",
+]
 
 
 class ImageRepository:
@@ -180,3 +197,102 @@ class CredentialRepository:
         """Which providers have a stored key, with when it was last set (never the key)."""
         rows = await self.session.execute(self._base())
         return {row.provider: row.updated_at for row in rows.scalars()}
+
+
+class AgentRepository:
+    """One user's agents."""
+
+    def __init__(self, session: AsyncSession, owner_id: str) -> None:
+        self.session = session
+        self.owner_id = owner_id
+
+    def _base(self) -> Select[Agent]:
+        return select(Agent).where(Agent.owner_id == self.owner_id)
+
+    async def get(self, agent_id: str) -> Agent | None:
+        """An owned agent."""
+        return (await self.session.execute(self._base().where(Agent.id == agent_id))).scalar_one_or_none()
+
+    async def by_name(self, name: str) -> Agent | None:
+        """An owned agent by its unique name."""
+        return (await self.session.execute(self._base().where(Agent.name == name))).scalar_one_or_none()
+
+    async def all(self) -> list[Agent]:
+        """Every agent of the owner, by name."""
+        return list((await self.session.execute(self._base().order_by(Agent.name))).scalars())
+
+    async def add(self, agent: Agent) -> Agent:
+        """Insert (forced to this owner)."""
+        agent.owner_id = self.owner_id
+        self.session.add(agent)
+        await self.session.flush()
+        return agent
+
+    async def delete(self, agent_id: str) -> bool:
+        """Delete an owned agent; whether it existed."""
+        agent = await self.get(agent_id)
+        if agent is None:
+            return False
+        await self.session.delete(agent)
+        await self.session.flush()
+        return True
+
+
+class ConversationRepository:
+    """One user's conversations and their messages."""
+
+    def __init__(self, session: AsyncSession, owner_id: str) -> None:
+        self.session = session
+        self.owner_id = owner_id
+
+    def _base(self) -> Select[Conversation]:
+        return select(Conversation).where(Conversation.owner_id == self.owner_id)
+
+    async def get(self, conversation_id: str) -> Conversation | None:
+        """An owned conversation."""
+        stmt = self._base().where(Conversation.id == conversation_id)
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def recent(self, *, limit: int, before: datetime | None = None) -> list[Conversation]:
+        """Most recently updated first."""
+        stmt = self._base().order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit)
+        if before is not None:
+            stmt = stmt.where(Conversation.updated_at < before)
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def add(self, conversation: Conversation) -> Conversation:
+        """Insert (forced to this owner)."""
+        conversation.owner_id = self.owner_id
+        self.session.add(conversation)
+        await self.session.flush()
+        return conversation
+
+    async def delete(self, conversation_id: str) -> bool:
+        """Delete an owned conversation and its messages; whether it existed."""
+        conversation = await self.get(conversation_id)
+        if conversation is None:
+            return False
+        await self.session.execute(delete(ChatMessage).where(ChatMessage.conversation_id == conversation_id))
+        await self.session.delete(conversation)
+        await self.session.flush()
+        return True
+
+    async def messages(self, conversation_id: str) -> list[ChatMessage]:
+        """The messages of an owned conversation, oldest first (empty when not owned)."""
+        stmt = (
+            select(ChatMessage)
+            .join(Conversation, Conversation.id == ChatMessage.conversation_id)
+            .where(Conversation.owner_id == self.owner_id, ChatMessage.conversation_id == conversation_id)
+            .order_by(ChatMessage.id)
+        )
+        return list((await self.session.execute(stmt)).scalars())
+
+    async def append(self, conversation: Conversation, messages: Sequence[ChatMessage]) -> None:
+        """Add messages to an owned conversation and mark it updated."""
+        if conversation.owner_id != self.owner_id:
+            raise ValueError("conversation of another owner")
+        for message in messages:
+            message.conversation_id = conversation.id
+            self.session.add(message)
+        conversation.updated_at = utcnow()
+        await self.session.flush()
