@@ -592,10 +592,8 @@ async def test_openai_auth(running: RunningSandbox, http: httpx2.AsyncClient) ->
 async def test_sandbox_index(running: RunningSandbox, http: httpx2.AsyncClient) -> None:
     index = (await http.get(running.base_url + "/")).json()
     assert index["urls"] == running.urls
-    assert running.urls == {
-        "openai": f"{running.base_url}/openai/v1",
-        "azure_openai": f"{running.base_url}/azure",
-    }
+    assert running.urls["openai"] == f"{running.base_url}/openai/v1"
+    assert running.urls["azure_openai"] == f"{running.base_url}/azure"
     assert index["emulators"]["openai"]["mounts"] == [f"{running.base_url}/openai", f"{running.base_url}/azure"]
 
 

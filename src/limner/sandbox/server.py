@@ -25,6 +25,8 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from limner.sandbox.bfl import BFLEmulator
+from limner.sandbox.chat import ChatEmulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 
 _SHUTDOWN_GRACE_SECONDS = 5
@@ -50,12 +52,20 @@ class Emulator(Protocol):
 class Sandbox:
     """The set of emulators served together; each is mounted under its own prefix."""
 
-    def __init__(self, *, openai: OpenAIImagesEmulator | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        openai: OpenAIImagesEmulator | None = None,
+        bfl: BFLEmulator | None = None,
+        chat: ChatEmulator | None = None,
+    ) -> None:
         self.openai = openai or OpenAIImagesEmulator()
+        self.bfl = bfl or BFLEmulator()
+        self.chat = chat or ChatEmulator()
 
     def emulators(self) -> dict[str, Emulator]:
         """Name → emulator."""
-        return {"openai": self.openai}
+        return {"openai": self.openai, "bfl": self.bfl, "chat": self.chat}
 
     def urls(self, base_url: str) -> dict[str, str]:
         """Every client base URL of every emulator, for a sandbox served at ``base_url``."""
