@@ -180,7 +180,12 @@ class Settings(BaseSettings):
     """Log level of `limner serve` (DEBUG, INFO, WARNING, ERROR)."""
 
     @field_validator(
-        "image_gen_oai_baseurl", "dalle_reverse_proxy", "dalle3_baseurl", "sd_webui_url", "proxy", "database_url"
+        "image_gen_oai_baseurl",
+        "dalle_reverse_proxy",
+        "dalle3_baseurl",
+        "sd_webui_url",
+        "proxy",
+        "database_url",
     )
     @classmethod
     def _strip_url(cls, value: str | None) -> str | None:

@@ -24,6 +24,7 @@ from limner.errors import ConfigurationError, ToolNotFoundError
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
+from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
 from limner.storage import LocalBlobStore
@@ -135,7 +136,10 @@ def default_sandbox() -> Sandbox:
     """The emulators `limner serve` and `limner sandbox` run. DALL·E stays available here (OpenAI retired
     it, and the contract tests cover that answer), so the ``dalle`` tool can be tried offline.
     """
-    return Sandbox(openai=OpenAIImagesEmulator(retired_models={"gpt-image-1"}))
+    return Sandbox(
+        openai=OpenAIImagesEmulator(retired_models={"gpt-image-1"}),
+        a1111=A1111Emulator(seconds_per_step=0.02),  # slow enough for progress to show
+    )
 
 
 def _sandbox_reason(settings: Settings) -> str | None:

@@ -25,6 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.bfl import BFLEmulator
 from limner.sandbox.chat import ChatEmulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
@@ -56,16 +57,18 @@ class Sandbox:
         self,
         *,
         openai: OpenAIImagesEmulator | None = None,
+        a1111: A1111Emulator | None = None,
         bfl: BFLEmulator | None = None,
         chat: ChatEmulator | None = None,
     ) -> None:
         self.openai = openai or OpenAIImagesEmulator()
+        self.a1111 = a1111 or A1111Emulator()
         self.bfl = bfl or BFLEmulator()
         self.chat = chat or ChatEmulator()
 
     def emulators(self) -> dict[str, Emulator]:
         """Name → emulator."""
-        return {"openai": self.openai, "bfl": self.bfl, "chat": self.chat}
+        return {"openai": self.openai, "a1111": self.a1111, "bfl": self.bfl, "chat": self.chat}
 
     def urls(self, base_url: str) -> dict[str, str]:
         """Every client base URL of every emulator, for a sandbox served at ``base_url``."""

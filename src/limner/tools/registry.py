@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from limner.config import Settings
-from limner.tools import dalle, flux, openai
+from limner.tools import dalle, flux, openai, stable_diffusion
 from limner.tools.family import BuildContext, Family
 
 __all__ = ["FAMILIES", "FamilyEntry", "any_configured", "build_families"]
@@ -28,6 +28,7 @@ class FamilyEntry:
 FAMILIES: tuple[FamilyEntry, ...] = (
     FamilyEntry("image_gen_oai", openai.configured, openai.build),
     FamilyEntry("dalle", dalle.configured, dalle.build),
+    FamilyEntry("stable-diffusion", stable_diffusion.configured, stable_diffusion.build),
     FamilyEntry("flux", flux.configured, flux.build),
 )
 
