@@ -148,3 +148,23 @@ async def test_dalle_description_override(tmp_path: object) -> None:
     settings = make_settings(Path(str(tmp_path)), dalle3_system_prompt="Draw with DALL·E, in English.")
     async with Runtime.open(settings) as runtime:
         assert runtime.tool("dalle").description == "Draw with DALL·E, in English."
+
+
+async def test_tool_listing_says_why_a_family_is_unavailable(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from limner.runtime import Runtime
+    from tests.conftest import make_settings
+
+    settings = make_settings(Path(str(tmp_path)), sandbox="auto", flux_api_key="user_provided")
+    async with Runtime.open(settings) as runtime:
+        assert runtime.sandbox is None  # a configured family keeps the sandbox off
+        status = {fid: family.status for fid, family in runtime.families.items()}
+        assert status["flux"].available and status["flux"].accepts_user_key and not status["flux"].is_sandbox
+        for fid, variable in (
+            ("image_gen_oai", "IMAGE_GEN_OAI_API_KEY"),
+            ("dalle", "DALLE3_API_KEY"),
+            ("stable-diffusion", "SD_WEBUI_URL"),
+        ):
+            assert not status[fid].available and variable in (status[fid].reason or ""), fid
+        assert "image_gen_oai" not in runtime.tools() and "flux" in runtime.tools()
