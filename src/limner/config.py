@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -138,6 +138,24 @@ class Settings(BaseSettings):
     flux_deadline: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_FLUX_DEADLINE"))
     """Seconds a Flux task may take from submission to a ready image before it is abandoned."""
 
+    # --- chat ---------------------------------------------------------------------------------
+    chat_model: str | None = Field(None, validation_alias=_env("LIMNER_CHAT_MODEL"))
+    """Chat model in pydantic-ai's `provider:model` form (`openai:gpt-4.1`, `anthropic:claude-sonnet-4-5`,
+    `google-gla:gemini-2.5-flash`, ...), keys from the provider's usual variable (`OPENAI_API_KEY`, ...). With
+    `LIMNER_CHAT_BASE_URL`: the model name at that OpenAI-compatible server. Unset: the sandbox chat model."""
+    chat_base_url: str | None = Field(None, validation_alias=_env("LIMNER_CHAT_BASE_URL"))
+    """OpenAI-compatible chat server (Ollama `http://127.0.0.1:11434/v1`, vLLM, OpenRouter, ...)."""
+    chat_api_key: SecretStr | None = Field(None, validation_alias=_env("LIMNER_CHAT_API_KEY"))
+    """Key for `LIMNER_CHAT_BASE_URL` (any text for servers that need none)."""
+    chat_vision: Literal["auto", "on", "off"] = Field("auto", validation_alias=_env("LIMNER_CHAT_VISION"))
+    """Whether the chat model can see images: `auto` knows the common families (GPT-4o/4.1/5, o-series,
+    Claude, Gemini, LLaVA, Qwen-VL, ...); `on`/`off` override."""
+    vision_max_side: int = Field(1024, ge=128, le=4096, validation_alias=_env("LIMNER_VISION_MAX_SIDE"))
+    """Longest side of images handed to the chat model as vision input (downscaled copies; the stored
+    image is untouched)."""
+    max_tool_rounds: int = Field(8, ge=1, le=50, validation_alias=_env("LIMNER_MAX_TOOL_ROUNDS"))
+    """Most model calls with tool use in one turn before the turn is stopped."""
+
     # --- shared LibreChat names ---------------------------------------------------------------
     proxy: str | None = Field(None, validation_alias=_env("PROXY"))
     """Outbound HTTP(S) proxy for every upstream call, e.g. `http://proxy:3128`."""
@@ -184,6 +202,7 @@ class Settings(BaseSettings):
         "dalle_reverse_proxy",
         "dalle3_baseurl",
         "sd_webui_url",
+        "chat_base_url",
         "proxy",
         "database_url",
     )

@@ -8,6 +8,8 @@ LimnerError                         .message (safe to show)  .hint (what to do) 
 ├── InputError                      the request cannot be served as asked
 │   ├── ImageNotFoundError          unknown or not owned: one message, one status
 │   ├── ToolNotFoundError           no tool by that name
+│   ├── ConversationNotFoundError   unknown or not owned, like images
+│   ├── AgentNotFoundError          unknown or not owned
 │   ├── UnknownProviderError        no provider by that name takes a key
 │   ├── UnsupportedImageError       content is not an accepted image
 │   ├── ImageTooLargeError
@@ -35,8 +37,10 @@ import re
 from typing import ClassVar
 
 __all__ = [
+    "AgentNotFoundError",
     "ConfigurationError",
     "ContentPolicyError",
+    "ConversationNotFoundError",
     "ImageNotFoundError",
     "ImageTooLargeError",
     "InputError",
@@ -130,6 +134,18 @@ class ToolNotFoundError(InputError):
     """A tool name that does not exist (an unavailable tool is a ConfigurationError instead)."""
 
     code = "tool_not_found"
+
+
+class ConversationNotFoundError(InputError):
+    """Unknown or someone else's conversation: one answer for both."""
+
+    code = "conversation_not_found"
+
+
+class AgentNotFoundError(InputError):
+    """Unknown or someone else's agent."""
+
+    code = "agent_not_found"
 
 
 class UnknownProviderError(InputError):

@@ -26,6 +26,7 @@ __all__ = [
     "sniff_media_type",
     "validate_image",
     "validate_image_sync",
+    "vision_copy",
 ]
 
 ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
@@ -188,6 +189,25 @@ def _thumbnail_sync(data: bytes, max_side: int) -> bytes:
 async def make_thumbnail(data: bytes, max_side: int = 256) -> bytes:
     """A small WebP for listings and the side panel, made in a worker thread."""
     return await anyio.to_thread.run_sync(lambda: _thumbnail_sync(data, max_side))
+
+
+def _vision_copy_sync(data: bytes, max_side: int) -> tuple[bytes, str]:
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (max_side, max_side))
+        has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
+        frame = im.convert("RGBA" if has_alpha else "RGB")
+        frame.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        if has_alpha:
+            frame.save(out, format="PNG", compress_level=3)
+            return out.getvalue(), "image/png"
+        frame.save(out, format="JPEG", quality=85)
+        return out.getvalue(), "image/jpeg"
+
+
+async def vision_copy(data: bytes, max_side: int) -> tuple[bytes, str]:
+    """A copy for a chat model's eyes: at most ``max_side`` px, JPEG (PNG when transparent)."""
+    return await anyio.to_thread.run_sync(lambda: _vision_copy_sync(data, max_side))
 
 
 def _mask_sync(mask: bytes, size: tuple[int, int]) -> bytes:

@@ -9,6 +9,7 @@ layer below, including ``sandbox``, and nothing below imports it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -18,6 +19,9 @@ from typing import Any
 import anyio.to_thread
 import httpx2
 
+from limner.chat.conversations import ChatService
+from limner.chat.loop import AgentConfig, ChatRunner
+from limner.chat.models import resolve_chat_model
 from limner.config import SandboxMode, Settings
 from limner.db.session import Database
 from limner.errors import ConfigurationError, ToolNotFoundError
@@ -40,11 +44,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class SandboxInfo:
-    """Where the built-in emulators run, when they do."""
+    """Where the built-in emulators run, when they do, and what they stand in for."""
 
     base_url: str
     urls: dict[str, str]
-    reason: str
+    reason: str | None
+    """Why the image emulators stand in for the providers; None when only the chat emulator is used."""
+    chat: bool = False
+    """Whether the sandbox chat model answers (no chat model is configured)."""
+    emulators: Sandbox | None = None
+    """The running emulators themselves (tests read their request logs and set fault knobs)."""
 
 
 class Runtime:
@@ -67,6 +76,37 @@ class Runtime:
         self.families = {family.id: family for family in families}
         self.sandbox = sandbox
         self._library_tools = library_tools()
+        self.chat_client: httpx2.AsyncClient | None = None
+        self._runners: dict[str | None, ChatRunner] = {}
+        self.chat = ChatService(db, library, self.chat_runner)
+        self.running_turns: dict[str, asyncio.Task[Any]] = {}
+        """Conversation ID to the task answering it, so a client can ask to stop."""
+
+    def chat_runner(self, model: str | None = None) -> ChatRunner:
+        """The agent loop for a chat model (the configured one, or an agent's own), built on first use."""
+        if model not in self._runners:
+            if self.chat_client is None:
+                raise ConfigurationError("The chat agent is not available in this command.")
+            settings = self.settings if model is None else self.settings.model_copy(update={"chat_model": model})
+            sandbox_url = self.sandbox.urls["chat"] if self.sandbox is not None and self.sandbox.chat else None
+            choice = resolve_chat_model(settings, sandbox_url=sandbox_url, http_client=self.chat_client)
+            self._runners[model] = ChatRunner(
+                choice=choice,
+                library=self.library,
+                keyring=self.keyring,
+                tools=self.agent_tools,
+                vision_max_side=settings.vision_max_side,
+                max_tool_rounds=settings.max_tool_rounds,
+            )
+        return self._runners[model]
+
+    def agent_tools(self, agent: AgentConfig) -> list[ToolSpec[Any]]:
+        """The tools an agent offers its model: the library tools and its available families' tools."""
+        specs = list(self._library_tools)
+        for family in self.families.values():
+            if family.status.available and (agent.tool_families is None or family.id in agent.tool_families):
+                specs += family.tools()
+        return specs
 
     @classmethod
     @asynccontextmanager
@@ -96,7 +136,12 @@ class Runtime:
             )
             sandbox = await _start_sandbox(settings, stack) if with_tools else None
             families = await _families(settings, sandbox, stack) if with_tools else []
-            yield cls(settings=settings, db=db, library=library, keyring=keyring, families=families, sandbox=sandbox)
+            runtime = cls(
+                settings=settings, db=db, library=library, keyring=keyring, families=families, sandbox=sandbox
+            )
+            if with_tools:
+                runtime.chat_client = await _http_client(settings, stack, sandbox=sandbox is not None and sandbox.chat)
+            yield runtime
 
     def tools(self) -> dict[str, ToolSpec[Any]]:
         """Every tool that can run now, by wire name."""
@@ -150,19 +195,33 @@ def _sandbox_reason(settings: Settings) -> str | None:
     return None
 
 
+def _chat_configured(settings: Settings) -> bool:
+    return settings.chat_model is not None or settings.chat_base_url is not None
+
+
 async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxInfo | None:
     reason = _sandbox_reason(settings)
-    if reason is None:
+    chat = not _chat_configured(settings)
+    if reason is None and not chat:
         return None
-    running = await stack.enter_async_context(serve_sandbox(default_sandbox(), port=settings.sandbox_port))
-    log.warning(
-        "SANDBOX: %s, so every image tool talks to limner's built-in emulators at %s. Images are "
-        "deterministic test renders, marked as sandbox-made. Configure a provider (e.g. IMAGE_GEN_OAI_API_KEY) "
-        "for real images.",
-        reason,
-        running.base_url,
+    emulators = default_sandbox()
+    running = await stack.enter_async_context(serve_sandbox(emulators, port=settings.sandbox_port))
+    if reason is not None:
+        log.warning(
+            "SANDBOX: %s, so every image tool talks to limner's built-in emulators at %s. Images are "
+            "deterministic test renders, marked as sandbox-made. Configure a provider (e.g. IMAGE_GEN_OAI_API_KEY) "
+            "for real images.",
+            reason,
+            running.base_url,
+        )
+    if chat:
+        log.warning(
+            "SANDBOX: no chat model is configured (LIMNER_CHAT_MODEL), so the chat agent is limner's rule-based "
+            "sandbox model. Set LIMNER_CHAT_MODEL for a real LLM."
+        )
+    return SandboxInfo(
+        base_url=running.base_url, urls=dict(running.urls), reason=reason, chat=chat, emulators=emulators
     )
-    return SandboxInfo(base_url=running.base_url, urls=dict(running.urls), reason=reason)
 
 
 async def _http_client(settings: Settings, stack: AsyncExitStack, *, sandbox: bool) -> httpx2.AsyncClient:
@@ -177,5 +236,7 @@ async def _families(settings: Settings, sandbox: SandboxInfo | None, stack: Asyn
     async def client(for_sandbox: bool) -> httpx2.AsyncClient:
         return await _http_client(settings, stack, sandbox=for_sandbox)
 
-    urls = SandboxURLs(urls=sandbox.urls, reason=sandbox.reason) if sandbox is not None else None
+    urls = None
+    if sandbox is not None and sandbox.reason is not None:
+        urls = SandboxURLs(urls=sandbox.urls, reason=sandbox.reason)
     return await build_families(BuildContext(settings=settings, sandbox=urls, http_client=client))

@@ -97,7 +97,7 @@ def test_quick_start_defaults_serve_the_sandbox(data_dir: Path, server_factory: 
     server = Server(data_dir, env)
     server_factory.append(server)
     health = server.wait_ready()
-    assert health["sandbox"] == {"active": True, "reason": "no image provider is configured"}
+    assert health["sandbox"] == {"active": True, "reason": "no image provider is configured", "chat": True}
     headers = {"Authorization": f"Bearer {token}"}
     made = httpx2.post(
         f"{server.url}/api/tools/image_gen_oai", headers=headers, json={"prompt": "a lighthouse at dusk"}, timeout=30

@@ -158,7 +158,7 @@ async def test_tool_listing_says_why_a_family_is_unavailable(tmp_path: object) -
 
     settings = make_settings(Path(str(tmp_path)), sandbox="auto", flux_api_key="user_provided")
     async with Runtime.open(settings) as runtime:
-        assert runtime.sandbox is None  # a configured family keeps the sandbox off
+        assert runtime.sandbox is not None and runtime.sandbox.reason is None  # images: no sandbox (chat only)
         status = {fid: family.status for fid, family in runtime.families.items()}
         assert status["flux"].available and status["flux"].accepts_user_key and not status["flux"].is_sandbox
         for fid, variable in (

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import __version__
 from limner.api.deps import TokenCache
 from limner.api.errors import error_body, install_error_handlers
-from limner.api.routes import health, images, keys, tools
+from limner.api.routes import conversations, health, images, keys, tools
 from limner.config import Settings
 from limner.runtime import Runtime
 
@@ -45,8 +45,9 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         app.state.runtime = runtime
     app.state.token_cache = TokenCache()
     install_error_handlers(app)
-    for module in (health, images, tools, keys):
+    for module in (health, images, tools, keys, conversations):
         app.include_router(module.router)
+    app.include_router(conversations.agents_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 256 * 1024)
     return app
 

@@ -16,8 +16,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from limner.api.schemas import ErrorResponse
 from limner.errors import (
+    AgentNotFoundError,
     ConfigurationError,
     ContentPolicyError,
+    ConversationNotFoundError,
     ImageNotFoundError,
     ImageTooLargeError,
     InputError,
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
     (ImageNotFoundError, 404),
     (ToolNotFoundError, 404),
+    (ConversationNotFoundError, 404),
+    (AgentNotFoundError, 404),
     (UnknownProviderError, 404),
     (ImageTooLargeError, 413),
     (UnsupportedImageError, 415),

@@ -163,8 +163,9 @@ class KeysOut(BaseModel):
 class SandboxOut(BaseModel):
     """Whether the built-in emulators stand in for the providers, and why."""
 
-    active: bool
+    active: bool = Field(description="The image emulators stand in for the image providers.")
     reason: str | None
+    chat: bool = Field(description="The rule-based sandbox chat model answers (no LIMNER_CHAT_MODEL).")
 
 
 class FamilyHealthOut(BaseModel):

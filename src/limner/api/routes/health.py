@@ -24,6 +24,10 @@ async def health(runtime: RuntimeDep) -> HealthOut:
     return HealthOut(
         status="ok",
         version=__version__,
-        sandbox=SandboxOut(active=sandbox is not None, reason=sandbox.reason if sandbox else None),
+        sandbox=SandboxOut(
+            active=sandbox is not None and sandbox.reason is not None,
+            reason=sandbox.reason if sandbox else None,
+            chat=sandbox is not None and sandbox.chat,
+        ),
         families=families,
     )

@@ -1,0 +1,1 @@
+"""The chat agent: the LLM connection, the agent loop, conversations and the vision handoff policy."""

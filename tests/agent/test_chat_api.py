@@ -1,0 +1,240 @@
+"""The agent through the chat API, against the sandbox chat model (limner's real OpenAI-compatible path)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+
+from limner.runtime import Runtime
+from tests import images
+
+Auth = tuple[str, dict[str, str]]
+
+
+async def converse(
+    api: httpx2.AsyncClient, headers: dict[str, str], conversation: str, text: str, image_ids: list[str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    body = {"text": text, "image_ids": image_ids or []}
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with api.stream("POST", f"/api/conversations/{conversation}/messages", headers=headers, json=body) as rsp:
+        assert rsp.status_code == 200, await rsp.aread()
+        assert rsp.headers["content-type"].startswith("text/event-stream")
+        event = None
+        async for line in rsp.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event:
+                events.append((event, json.loads(line[6:])))
+    return events
+
+
+async def new_conversation(api: httpx2.AsyncClient, headers: dict[str, str], **body: Any) -> str:
+    created = await api.post("/api/conversations", headers=headers, json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def of_type(events: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+    return [data for name, data in events if name == kind]
+
+
+async def test_generate_then_edit_in_a_later_turn(api: httpx2.AsyncClient, alice: Auth, runtime: Runtime) -> None:
+    _, headers = alice
+    conversation = await new_conversation(api, headers)
+    first = await converse(api, headers, conversation, "draw a lighthouse at dusk")
+    names = [name for name, _ in first]
+    assert names[0] == "message_start" and names[-1] == "done"
+    assert names.index("tool_call_started") < names.index("image_ready") < names.index("text_delta")
+    (started,) = of_type(first, "tool_call_started")
+    assert started["tool"] == "image_gen_oai" and started["arguments"]["prompt"] == "draw a lighthouse at dusk"
+    (ready,) = of_type(first, "image_ready")
+    image_id = ready["image"]["id"]
+    done = of_type(first, "done")[0]
+    assert image_id in done["text"] and "I can see the image" in done["text"]  # vision handoff happened
+    assert done["image_ids"] == [image_id]
+
+    second = await converse(api, headers, conversation, "now make it stormy")
+    (edit,) = of_type(second, "tool_call_started")
+    assert edit["tool"] == "image_edit_oai" and edit["arguments"]["image_ids"] == [image_id]
+    new_id = of_type(second, "image_ready")[0]["image"]["id"]
+    detail = (await api.get(f"/api/images/{new_id}", headers=headers)).json()
+    assert [p["id"] for p in detail["parents"]] == [image_id]
+    assert detail["conversation_id"] == conversation
+
+    stored = (await api.get(f"/api/conversations/{conversation}", headers=headers)).json()
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert stored["messages"][1]["image_ids"] == [image_id]
+    assert stored["title"] == "draw a lighthouse at dusk"
+    chat_requests = runtime_chat_requests(runtime)
+    # the history replayed in turn two names the ID but carries no image bytes (handed off once)
+    assert chat_requests[-2].image_placements == []
+    assert chat_requests[1].image_placements == ["user_after_tool"]  # turn one: handed off right after the tool
+
+
+def runtime_chat_requests(runtime: Runtime) -> list[Any]:
+    assert runtime.sandbox is not None and runtime.sandbox.emulators is not None
+    return list(runtime.sandbox.emulators.chat.requests)
+
+
+async def test_upload_then_edit_and_combine_two(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    cat = (
+        await api.post("/api/images", headers=headers, files={"file": ("cat.png", images.png(), "image/png")})
+    ).json()
+    dog = (
+        await api.post(
+            "/api/images", headers=headers, files={"file": ("dog.png", images.png(color=(0, 0, 200)), "image/png")}
+        )
+    ).json()
+    conversation = await new_conversation(api, headers)
+    edited = await converse(api, headers, conversation, "make it a painting", [cat["id"]])
+    (call,) = of_type(edited, "tool_call_started")
+    assert call["arguments"]["image_ids"] == [cat["id"]]
+    combined = await converse(api, headers, conversation, f"combine {cat['id']} and {dog['id']} together")
+    (call,) = of_type(combined, "tool_call_started")
+    assert sorted(call["arguments"]["image_ids"]) == sorted([cat["id"], dog["id"]])
+    new_id = of_type(combined, "image_ready")[0]["image"]["id"]
+    parents = (await api.get(f"/api/images/{new_id}", headers=headers)).json()["parents"]
+    assert sorted(p["id"] for p in parents) == sorted([cat["id"], dog["id"]])
+
+
+async def test_a_tool_error_reaches_the_model_which_says_what_to_do(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    conversation = await new_conversation(api, headers)
+    events = await converse(api, headers, conversation, "draw a cat [[sandbox:moderation]]")
+    (failed,) = of_type(events, "tool_failed")
+    assert failed["code"] == "content_policy" and failed["hint"]
+    done = of_type(events, "done")[0]
+    assert "failed" in done["text"] and "What to do" in done["text"]
+    assert of_type(events, "image_ready") == []
+
+
+async def test_foreign_attachment_fails_before_the_model_is_called(
+    api: httpx2.AsyncClient, alice: Auth, bob: Auth
+) -> None:
+    _, alice_headers = alice
+    _, bob_headers = bob
+    secret = (
+        await api.post("/api/images", headers=alice_headers, files={"file": ("a.png", images.png(), "image/png")})
+    ).json()["id"]
+    conversation = await new_conversation(api, bob_headers)
+    response = await api.post(
+        f"/api/conversations/{conversation}/messages",
+        headers=bob_headers,
+        json={"text": "edit this", "image_ids": [secret]},
+    )
+    assert response.status_code == 404 and response.json()["error"]["code"] == "image_not_found"
+    other = await api.get(f"/api/conversations/{conversation}", headers=alice_headers)
+    assert other.status_code == 404 and other.json()["error"]["code"] == "conversation_not_found"
+
+
+async def test_vision_handoff_off_per_agent_sends_text_stubs(
+    api: httpx2.AsyncClient, alice: Auth, runtime: Runtime
+) -> None:
+    _, headers = alice
+    agent = await api.post("/api/agents", headers=headers, json={"name": "blind", "vision_handoff": False})
+    assert agent.status_code == 201, agent.text
+    conversation = await new_conversation(api, headers, agent_id=agent.json()["id"])
+    events = await converse(api, headers, conversation, "draw a boat")
+    done = of_type(events, "done")[0]
+    assert "cannot see" in done["text"]
+    assert all(r.image_placements == [] for r in runtime_chat_requests(runtime)[-2:])
+
+
+async def test_agent_tool_families_limit_the_tools(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    agent = (
+        await api.post("/api/agents", headers=headers, json={"name": "sd", "tool_families": ["stable-diffusion"]})
+    ).json()
+    conversation = await new_conversation(api, headers, agent_id=agent["id"])
+    events = await converse(api, headers, conversation, "draw a castle")
+    (call,) = of_type(events, "tool_call_started")
+    assert call["tool"] == "stable-diffusion"
+    listed = (await api.get("/api/agents", headers=headers)).json()
+    ids = [a["id"] for a in listed]
+    assert ids[0] == "default" and agent["id"] in ids
+
+
+async def test_conversations_list_rename_delete(api: httpx2.AsyncClient, alice: Auth, bob: Auth) -> None:
+    _, headers = alice
+    conversation = await new_conversation(api, headers, title="first")
+    renamed = await api.patch(f"/api/conversations/{conversation}", headers=headers, json={"title": "kites"})
+    assert renamed.json()["title"] == "kites"
+    assert [c["id"] for c in (await api.get("/api/conversations", headers=headers)).json()] == [conversation]
+    assert (await api.get("/api/conversations", headers=bob[1])).json() == []
+    assert (await api.delete(f"/api/conversations/{conversation}", headers=bob[1])).status_code == 404
+    assert (await api.delete(f"/api/conversations/{conversation}", headers=headers)).status_code == 204
+    assert (await api.get(f"/api/conversations/{conversation}", headers=headers)).status_code == 404
+
+
+async def test_stopping_mid_generation_cancels_the_tool_and_stores_nothing(
+    api: httpx2.AsyncClient, alice: Auth, runtime: Runtime
+) -> None:
+    import asyncio
+
+    from limner.sandbox.faults import Fault
+
+    user_id, headers = alice
+    assert runtime.sandbox is not None and runtime.sandbox.emulators is not None
+    runtime.sandbox.emulators.openai.faults.add(Fault.hang())
+    conversation = await new_conversation(api, headers)
+    turn = asyncio.create_task(converse(api, headers, conversation, "draw a slow lighthouse"))
+    for _ in range(200):
+        if conversation in runtime.running_turns and runtime.sandbox.emulators.openai.requests:
+            break
+        await asyncio.sleep(0.02)
+    assert (await api.post(f"/api/conversations/{conversation}/stop", headers=headers)).status_code == 204
+    events = await asyncio.wait_for(turn, timeout=10)
+    assert [name for name, _ in events][-1] == "stopped"
+    assert of_type(events, "image_ready") == []
+    assert await runtime.library.recent(user_id) == []
+    stored = (await api.get(f"/api/conversations/{conversation}", headers=headers)).json()
+    assert stored["messages"][-1]["text"].endswith("The answer was stopped.")
+
+
+async def test_a_model_that_cannot_see_gets_text_stubs_only(tmp_path: Any) -> None:
+    from tests.conftest import create_user, make_settings
+
+    settings = make_settings(tmp_path, chat_vision="off")
+    async with Runtime.open(settings) as runtime:
+        user_id, _ = await create_user(runtime, "ann")
+        conversation = await runtime.chat.create(user_id)
+        events: list[tuple[str, dict[str, Any]]] = []
+
+        async def emit(name: str, data: dict[str, Any]) -> None:
+            events.append((name, data))
+
+        outcome = await runtime.chat.send(user_id, conversation.id, text="draw a fox", image_ids=[], emit=emit)
+        assert "cannot see" in outcome.text
+        assert runtime.sandbox is not None and runtime.sandbox.emulators is not None
+        assert all(r.image_placements == [] for r in runtime.sandbox.emulators.chat.requests)
+
+
+async def test_anthropic_wire_style_puts_the_image_inside_the_tool_result(tmp_path: Any) -> None:
+    import anthropic
+    from pydantic_ai.models.anthropic import AnthropicModel
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+
+    from limner.chat.loop import ChatRunner
+    from limner.chat.models import ChatModelChoice
+    from tests.conftest import create_user, make_settings
+
+    async with Runtime.open(make_settings(tmp_path)) as runtime:
+        assert runtime.sandbox is not None and runtime.sandbox.emulators is not None and runtime.chat_client
+        client = anthropic.AsyncAnthropic(
+            base_url=runtime.sandbox.urls["anthropic"], api_key="sk-x", http_client=runtime.chat_client
+        )
+        model = AnthropicModel("sandbox-vision", provider=AnthropicProvider(anthropic_client=client))
+        choice = ChatModelChoice(model, "sandbox-vision", supports_vision=True, is_sandbox=True)
+        runner = ChatRunner(choice=choice, library=runtime.library, keyring=runtime.keyring, tools=runtime.agent_tools)
+        user_id, _ = await create_user(runtime, "ann")
+
+        async def emit(name: str, data: dict[str, Any]) -> None:
+            pass
+
+        outcome = await runner.run_turn(user_id=user_id, text="draw a fox", emit=emit)
+        assert outcome.image_ids and "I can see the image" in outcome.text
+        placements = [r.image_placements for r in runtime.sandbox.emulators.chat.requests]
+        assert placements[-1] == ["tool_result"]
