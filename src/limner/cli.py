@@ -284,6 +284,72 @@ def edit(
     _with_runtime(work, with_tools=True)
 
 
+@app.command()
+def chat(
+    out: Annotated[Path, typer.Option(help="Folder the images are saved to.")] = Path("limner-images"),
+    conversation: Annotated[str | None, typer.Option(help="Continue this conversation (ID).")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent ID for a new conversation.")] = None,
+) -> None:
+    """Talk to the agent in the terminal: /attach ID... attaches images to the next message, /quit leaves."""
+    _with_runtime(lambda runtime: _chat_loop(runtime, out, conversation, agent), with_tools=True)
+
+
+async def _say(*args: Any, **kwargs: Any) -> None:
+    await asyncio.to_thread(console.print, *args, **kwargs)
+
+
+def _read_line(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+async def _chat_loop(runtime: Runtime, out: Path, conversation_id: str | None, agent: str | None) -> None:
+    user_id = await _local_user_id(runtime)
+    if conversation_id is None:
+        conversation = await runtime.chat.create(user_id, agent_id=agent)
+    else:
+        conversation = (await runtime.chat.get(user_id, conversation_id))[0]
+    model = runtime.chat_runner().choice
+    await _say(f"conversation {conversation.id} with {model.name}" + (" (sandbox)" if model.is_sandbox else ""))
+    await _say("Type a message; /attach ID... to attach images to the next one; /quit to leave.")
+    attachments: list[str] = []
+    while (line := await asyncio.to_thread(_read_line, "you> ")) is not None:
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            break
+        if text.startswith("/attach"):
+            attachments += text.split()[1:]
+            continue
+        if text:
+            await _chat_turn(runtime, user_id, conversation.id, text, attachments, out)
+            attachments = []
+
+
+async def _chat_turn(
+    runtime: Runtime, user_id: str, conversation_id: str, text: str, images: list[str], out: Path
+) -> None:
+    async def emit(event: str, data: dict[str, Any]) -> None:
+        if event == "text_delta":
+            await asyncio.to_thread(console.print, data["text"], end="", markup=False, highlight=False)
+        elif event == "tool_call_started":
+            await _say(f"[dim]… {data['tool']} {json.dumps(data['arguments'])}[/]", soft_wrap=True)
+        elif event == "image_ready":
+            record = await runtime.library.get(user_id, data["image"]["id"])
+            blob = [d for _, d in await runtime.library.read_many(user_id, [record.id])]
+            (path,) = await asyncio.to_thread(_write_outputs, [record], blob, out)
+            await _say(f"[green]image {record.id}[/] {record.width}x{record.height} → {path}", soft_wrap=True)
+        elif event == "tool_failed":
+            await _say(f"[red]{data['tool']} failed:[/] {data['message']} {data.get('hint') or ''}", soft_wrap=True)
+
+    try:
+        await runtime.chat.send(user_id, conversation_id, text=text, image_ids=images, emit=emit)
+    except LimnerError as exc:
+        await _say(f"[bold red]Error:[/] {exc.message} {exc.hint or ''}", soft_wrap=True)
+    await _say("")
+
+
 # --- images -------------------------------------------------------------------------------------
 
 

@@ -134,3 +134,16 @@ def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> 
 def test_help_everywhere(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_chat_makes_then_changes_a_picture(tmp_path: Path) -> None:
+    out = tmp_path / "chat-images"
+    result = runner.invoke(app, ["chat", "--out", str(out)], input="draw a lighthouse\nnow make it stormy\n/quit\n")
+    assert result.exit_code == 0, (result.output, result.exception)
+    ids = ID.findall(result.stdout)
+    files = sorted(p.stem for p in out.iterdir())
+    assert len(files) == 2 and set(files) <= set(ids)
+    first, second = (i for i in dict.fromkeys(ids) if i in files)
+    record = json.loads(invoke("images", "show", second))
+    assert record["parents"] == [{"id": first, "role": "input", "exists": True}]
+    assert "image_edit_oai" in result.stdout
