@@ -154,7 +154,7 @@ class Settings(BaseSettings):
     """Longest side of images handed to the chat model as vision input (downscaled copies; the stored
     image is untouched)."""
     max_tool_rounds: int = Field(8, ge=1, le=50, validation_alias=_env("LIMNER_MAX_TOOL_ROUNDS"))
-    """Most model calls with tool use in one turn before the turn is stopped."""
+    """Most model calls in one turn (each round of tool calls, and the final answer) before it is stopped."""
 
     # --- shared LibreChat names ---------------------------------------------------------------
     proxy: str | None = Field(None, validation_alias=_env("PROXY"))

@@ -238,3 +238,64 @@ async def test_anthropic_wire_style_puts_the_image_inside_the_tool_result(tmp_pa
         assert outcome.image_ids and "I can see the image" in outcome.text
         placements = [r.image_placements for r in runtime.sandbox.emulators.chat.requests]
         assert placements[-1] == ["tool_result"]
+
+
+async def test_parallel_tool_calls_run_and_both_images_are_kept(
+    api: httpx2.AsyncClient, alice: Auth, runtime: Runtime
+) -> None:
+    _, headers = alice
+    conversation = await new_conversation(api, headers)
+    events = await converse(api, headers, conversation, "draw two pictures: a cat and a dog")
+    calls = of_type(events, "tool_call_started")
+    assert [c["tool"] for c in calls] == ["image_gen_oai", "image_gen_oai"]
+    ready = of_type(events, "image_ready")
+    assert len(ready) == 2
+    done = of_type(events, "done")[0]
+    assert all(r["image"]["id"] in done["text"] for r in ready)
+    assert runtime.sandbox is not None and runtime.sandbox.emulators is not None
+    assert any(len(r.tool_calls) == 2 for r in runtime.sandbox.emulators.chat.requests)
+
+
+async def test_progress_events_reach_the_stream(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    agent = (
+        await api.post("/api/agents", headers=headers, json={"name": "sd", "tool_families": ["stable-diffusion"]})
+    ).json()
+    conversation = await new_conversation(api, headers, agent_id=agent["id"])
+    events = await converse(api, headers, conversation, "draw a castle")
+    names = [name for name, _ in events]
+    progress = of_type(events, "progress")
+    assert progress, names
+    assert names.index("tool_call_started") < names.index("progress") < names.index("image_ready")
+    assert all(p["fraction"] is None or 0 <= p["fraction"] <= 1 for p in progress)
+
+
+async def test_the_tool_round_cap_stops_a_looping_model(runtime: Runtime) -> None:
+    from collections.abc import AsyncIterator
+
+    import pytest
+    from pydantic_ai.models.function import AgentInfo, DeltaToolCall, DeltaToolCalls, FunctionModel
+
+    from limner.chat.loop import ChatRunner
+    from limner.chat.models import ChatModelChoice
+    from limner.errors import InputError
+    from tests.conftest import create_user
+
+    async def always_list(messages: list[Any], info: AgentInfo) -> AsyncIterator[DeltaToolCalls]:
+        yield {0: DeltaToolCall(name="image_list", json_args="{}")}
+
+    model = FunctionModel(stream_function=always_list)
+    choice = ChatModelChoice(model, "looping", supports_vision=False, is_sandbox=False)
+    runner = ChatRunner(
+        choice=choice, library=runtime.library, keyring=runtime.keyring, tools=runtime.agent_tools, max_tool_rounds=3
+    )
+    user_id, _ = await create_user(runtime, "ann")
+    calls: list[str] = []
+
+    async def emit(name: str, data: dict[str, Any]) -> None:
+        if name == "tool_call_started":
+            calls.append(data["tool"])
+
+    with pytest.raises(InputError, match="3 rounds"):
+        await runner.run_turn(user_id=user_id, text="hi", emit=emit)
+    assert calls == ["image_list"] * 3

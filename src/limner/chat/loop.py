@@ -140,12 +140,12 @@ class ChatRunner:
             tools=[self._tool(spec, turn) for spec in specs],
         )
         prompt = await self._prompt(text, attachments, turn)
-        limits = UsageLimits(request_limit=self.max_tool_rounds + 1)
+        limits = UsageLimits(request_limit=self.max_tool_rounds)
         try:
             await self._stream(runner, prompt, list(history), limits, turn)
         except UsageLimitExceeded as exc:
             raise InputError(
-                f"The agent stopped after {self.max_tool_rounds} rounds of tool calls without an answer.",
+                f"The agent stopped after {self.max_tool_rounds} rounds of model calls without an answer.",
                 hint="Ask again more specifically, or raise LIMNER_MAX_TOOL_ROUNDS.",
             ) from exc
         return turn.outcome

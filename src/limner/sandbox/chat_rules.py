@@ -81,9 +81,9 @@ _SUBJECTS = re.compile(
 def decide(conversation: Conversation) -> Reply:
     """The answer to ``conversation``: the first rule that matches, then ``tool_choice`` applied."""
     offers = _callable_offers(conversation)
-    results, handoff = trailing_results(conversation.messages)
+    results, handoffs = trailing_results(conversation.messages)
     if results:
-        reply = Reply("tool_results", summarise_results(conversation, results, handoff))
+        reply = Reply("tool_results", summarise_results(conversation, results, handoffs))
     else:
         reply = _answer_user(conversation, offers)
     return _apply_choice(conversation, offers, reply)
@@ -101,30 +101,31 @@ def _callable_offers(conversation: Conversation) -> list[ToolOffer]:
 # -- rule 1: after tool results -------------------------------------------------------------------
 
 
-def trailing_results(messages: Sequence[Message]) -> tuple[list[Message], Message | None]:
-    """The tool results that end the conversation, and the user message handing over their images.
+def trailing_results(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+    """The tool results that end the conversation, and the user messages handing over their images.
 
-    A user message after tool results counts as the handoff when it carries images or names an ID
-    from those results; any other user message is a new request.
+    User messages after tool results count as the handoff when each carries images or names an ID from
+    those results (a client may send one per tool result after parallel calls); any other user message
+    is a new request.
     """
     end = len(messages)
-    handoff: Message | None = None
-    if end and messages[-1].role == "user":
-        handoff, end = messages[-1], end - 1
+    while end and messages[end - 1].role == "user":
+        end -= 1
+    handoffs = list(messages[end:])
     start = end
     while start > 0 and messages[start - 1].role == "tool":
         start -= 1
     results = list(messages[start:end])
     if not results:
-        return [], None
-    if handoff is not None:
-        result_ids = {found for result in results for found in image_ids(result.text)}
+        return [], []
+    result_ids = {found for result in results for found in image_ids(result.text)}
+    for handoff in handoffs:
         if not handoff.images and not result_ids.intersection(image_ids(handoff.text)):
-            return [], None
-    return results, handoff
+            return [], []
+    return results, handoffs
 
 
-def summarise_results(conversation: Conversation, results: list[Message], handoff: Message | None) -> str:
+def summarise_results(conversation: Conversation, results: list[Message], handoffs: list[Message]) -> str:
     """A short text naming every image ID in the results, what could be seen, and any failure."""
     names = conversation.call_names()
     sentences: list[str] = []
@@ -138,7 +139,7 @@ def summarise_results(conversation: Conversation, results: list[Message], handof
             found.extend(found_id for found_id in image_ids(text) if found_id not in found)
         else:
             sentences.append(f"The {name} tool answered: {_first_line(text)}")
-    seen = sum(result.images for result in results) + (handoff.images if handoff else 0)
+    seen = sum(result.images for result in results) + sum(handoff.images for handoff in handoffs)
     if found:
         noun = "the image" if len(found) == 1 else "the images"
         sentences.insert(0, f"Here {'is' if len(found) == 1 else 'are'} {noun}: {', '.join(found)}.")

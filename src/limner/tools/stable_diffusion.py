@@ -185,6 +185,7 @@ async def build(ctx: BuildContext) -> StableDiffusionFamily:
         defaults=_defaults(settings),
         auth=auth,
         timeout=settings.provider_timeout,
+        progress_interval=0.1 if sandbox else 1.0,  # the emulator's jobs are short: poll often enough to show
         is_sandbox=sandbox,
     )
     status = available_status(
