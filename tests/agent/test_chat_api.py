@@ -299,3 +299,37 @@ async def test_the_tool_round_cap_stops_a_looping_model(runtime: Runtime) -> Non
     with pytest.raises(InputError, match="3 rounds"):
         await runner.run_turn(user_id=user_id, text="hi", emit=emit)
     assert calls == ["image_list"] * 3
+
+
+async def test_a_configured_openai_compatible_chat_model_is_used(tmp_path: Any) -> None:
+    from limner.sandbox.server import Sandbox, serve_sandbox
+    from tests.conftest import create_user, make_settings
+
+    upstream = Sandbox()
+    async with serve_sandbox(upstream) as running:
+        settings = make_settings(
+            tmp_path,
+            sandbox="off",
+            chat_base_url=running.urls["chat"],
+            chat_model="sandbox-vision",
+            chat_api_key="sk-chat",
+            image_gen_oai_baseurl=running.urls["openai"],
+            image_gen_oai_api_key="sk-images",
+            fetch_allow_loopback=True,
+        )
+        async with Runtime.open(settings) as runtime:
+            assert runtime.sandbox is None  # nothing stands in: both are "real" upstreams here
+            user_id, _ = await create_user(runtime, "ann")
+            conversation = await runtime.chat.create(user_id)
+
+            async def emit(name: str, data: dict[str, Any]) -> None:
+                pass
+
+            first = await runtime.chat.send(user_id, conversation.id, text="draw a fox", image_ids=[], emit=emit)
+            second = await runtime.chat.send(user_id, conversation.id, text="make it blue", image_ids=[], emit=emit)
+            (new_id,) = second.image_ids
+            parents = await runtime.library.parents(user_id, new_id)
+            assert [p.id for p in parents] == first.image_ids
+            record = await runtime.library.get(user_id, new_id)
+            assert record.is_sandbox is False
+    assert [r.rule for r in upstream.chat.requests] == ["generate", "tool_results", "edit", "tool_results"]
