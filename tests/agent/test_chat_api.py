@@ -333,3 +333,16 @@ async def test_a_configured_openai_compatible_chat_model_is_used(tmp_path: Any) 
             record = await runtime.library.get(user_id, new_id)
             assert record.is_sandbox is False
     assert [r.rule for r in upstream.chat.requests] == ["generate", "tool_results", "edit", "tool_results"]
+
+
+async def test_a_failing_chat_model_is_an_error_event_naming_the_chat_settings(
+    api: httpx2.AsyncClient, alice: Auth
+) -> None:
+    _, headers = alice
+    conversation = await new_conversation(api, headers)
+    events = await converse(api, headers, conversation, "hello [[sandbox:chat_error=401]]")
+    (error,) = of_type(events, "error")
+    assert error["code"] == "provider_auth_failed" and error["provider"] == "chat"
+    assert "LIMNER_CHAT_MODEL" in error["hint"]
+    stored = (await api.get(f"/api/conversations/{conversation}", headers=headers)).json()
+    assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]

@@ -39,6 +39,7 @@ from pydantic_ai.run import AgentRunResultEvent
 from pydantic_ai.usage import UsageLimits
 
 from limner.backends.base import Progress
+from limner.chat.errors import map_model_error
 from limner.chat.models import ChatModelChoice
 from limner.errors import InputError
 from limner.imaging import vision_copy
@@ -148,6 +149,11 @@ class ChatRunner:
                 f"The agent stopped after {self.max_tool_rounds} rounds of model calls without an answer.",
                 hint="Ask again more specifically, or raise LIMNER_MAX_TOOL_ROUNDS.",
             ) from exc
+        except Exception as exc:
+            mapped = map_model_error(exc, self.choice.name)
+            if mapped is None:
+                raise
+            raise mapped from exc
         return turn.outcome
 
     async def _stream(
