@@ -350,6 +350,21 @@ async def _chat_turn(
     await _say("")
 
 
+@app.command("mcp")
+def mcp_command(
+    user: Annotated[
+        str | None, typer.Option(help="Act as this existing user (default: the local user, LIMNER_LOCAL_USER).")
+    ] = None,
+) -> None:
+    """Serve limner's tools to an MCP client over stdin/stdout (Claude Desktop, IDEs, agents)."""
+    from limner.mcp_server import serve_stdio, stdio_user_id
+
+    async def work(runtime: Runtime) -> None:
+        await serve_stdio(runtime, await stdio_user_id(runtime, user))
+
+    _with_runtime(work, with_tools=True)
+
+
 # --- images -------------------------------------------------------------------------------------
 
 

@@ -42,7 +42,8 @@ def _modules() -> list[tuple[str, Path]]:
         parts = rel.parts
         if parts[0] in ("sandbox", "__init__") or "migrations" in parts:
             continue
-        found.append((parts[0], path))
+        top = "mcp_client" if parts[0].startswith("mcp_client") else parts[0]
+        found.append((top, path))
     return found
 
 
@@ -63,6 +64,7 @@ def test_imports_point_down_only() -> None:
         for name in _imports(path):
             if name.startswith("limner."):
                 target = name.split(".")[1]
+                target = "mcp_client" if target.startswith("mcp_client") else target
                 if target == "sandbox" and top != "runtime" and top != "cli":
                     problems.append(f"{path.name} imports the sandbox")
                 elif target in LAYERS and LAYERS[target] > LAYERS[top]:

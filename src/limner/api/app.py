@@ -18,6 +18,7 @@ from limner.api.deps import TokenCache
 from limner.api.errors import error_body, install_error_handlers
 from limner.api.routes import conversations, health, images, keys, tools
 from limner.config import Settings
+from limner.mcp_server import MCPHTTPApp
 from limner.runtime import Runtime
 
 __all__ = ["create_app"]
@@ -25,13 +26,16 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
     """The app; pass ``runtime`` to share one already opened (tests, the CLI's in-process server)."""
+    token_cache = TokenCache()
+    mcp_endpoint = MCPHTTPApp(token_cache=token_cache)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if runtime is not None:
-            yield
+            async with mcp_endpoint.running(runtime):
+                yield
             return
-        async with Runtime.open(settings) as opened:
+        async with Runtime.open(settings) as opened, mcp_endpoint.running(opened):
             app.state.runtime = opened
             yield
 
@@ -43,11 +47,12 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     )
     if runtime is not None:
         app.state.runtime = runtime
-    app.state.token_cache = TokenCache()
+    app.state.token_cache = token_cache
     install_error_handlers(app)
     for module in (health, images, tools, keys, conversations):
         app.include_router(module.router)
     app.include_router(conversations.agents_router)
+    app.router.routes.append(mcp_endpoint.route("/mcp"))  # limner's MCP server over streamable HTTP
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 256 * 1024)
     return app
 
