@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     flux_deadline: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_FLUX_DEADLINE"))
     """Seconds a Flux task may take from submission to a ready image before it is abandoned."""
 
+    # --- MCP ----------------------------------------------------------------------------------
+    mcp_config: Path | None = Field(None, validation_alias=_env("LIMNER_MCP_CONFIG"))
+    """YAML file of MCP servers shaped like LibreChat's `mcpServers` block; their tools are offered to the
+    agent and the API, and the images they return are stored with IDs."""
+
     # --- chat ---------------------------------------------------------------------------------
     chat_model: str | None = Field(None, validation_alias=_env("LIMNER_CHAT_MODEL"))
     """Chat model in pydantic-ai's `provider:model` form (`openai:gpt-4.1`, `anthropic:claude-sonnet-4-5`,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -239,4 +239,9 @@ async def _families(settings: Settings, sandbox: SandboxInfo | None, stack: Asyn
     urls = None
     if sandbox is not None and sandbox.reason is not None:
         urls = SandboxURLs(urls=sandbox.urls, reason=sandbox.reason)
-    return await build_families(BuildContext(settings=settings, sandbox=urls, http_client=client))
+
+    def on_close(callback: Callable[[], Awaitable[None]]) -> None:
+        stack.push_async_callback(callback)
+
+    context = BuildContext(settings=settings, sandbox=urls, http_client=client, on_close=on_close)
+    return await build_families(context)

@@ -64,9 +64,13 @@ class ToolSpec(Generic[ArgsT]):
     run: Callable[[ArgsT, ToolContext], Awaitable[ToolResult]]
     title: str = ""
     read_only: bool = False
+    schema: dict[str, Any] | None = None
+    """A schema given as is (an MCP server's ``inputSchema``); otherwise the one of ``args``."""
 
     def json_schema(self) -> dict[str, Any]:
         """The parameters' JSON schema as the LLM receives it."""
+        if self.schema is not None:
+            return dict(self.schema)
         schema = self.args.model_json_schema()
         schema.pop("title", None)
         return schema

@@ -74,6 +74,8 @@ class BuildContext:
     settings: Settings
     sandbox: SandboxURLs | None
     http_client: Callable[[bool], Awaitable[httpx2.AsyncClient]]
+    on_close: Callable[[Callable[[], Awaitable[None]]], None] = lambda _callback: None
+    """Registers a cleanup the runtime runs when it closes (MCP connections, say)."""
 
     def sandbox_reason(self) -> str:
         """How the status explains that the emulators answer."""
