@@ -138,6 +138,11 @@ class Settings(BaseSettings):
     flux_deadline: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_FLUX_DEADLINE"))
     """Seconds a Flux task may take from submission to a ready image before it is abandoned."""
 
+    allow_registration: bool = Field(True, validation_alias=_env("LIMNER_ALLOW_REGISTRATION"))
+    """Whether anyone may sign up in the web UI (the first user becomes the administrator)."""
+    session_days: int = Field(14, ge=1, le=365, validation_alias=_env("LIMNER_SESSION_DAYS"))
+    """How long a browser session lasts."""
+
     # --- MCP ----------------------------------------------------------------------------------
     mcp_config: Path | None = Field(None, validation_alias=_env("LIMNER_MCP_CONFIG"))
     """YAML file of MCP servers shaped like LibreChat's `mcpServers` block; their tools are offered to the

@@ -5,6 +5,10 @@ LimnerError                         .message (safe to show)  .hint (what to do) 
 ├── ConfigurationError              an operator or user must change a setting
 │   ├── MissingCredentialsError     names the env var AND the UI key setting
 │   └── StoredKeyUnreadableError    a user's stored key no longer decrypts (CREDS_KEY changed)
+├── AccessError                     who is asking, not what: sign-in, registration, CSRF
+│   ├── SignInFailedError           wrong name or password (one answer for both)
+│   ├── RegistrationClosedError     the operator closed sign-up
+│   └── CSRFError                   a cookie-authenticated change without the CSRF token
 ├── InputError                      the request cannot be served as asked
 │   ├── ImageNotFoundError          unknown or not owned: one message, one status
 │   ├── ToolNotFoundError           no tool by that name
@@ -37,7 +41,9 @@ import re
 from typing import ClassVar
 
 __all__ = [
+    "AccessError",
     "AgentNotFoundError",
+    "CSRFError",
     "ConfigurationError",
     "ContentPolicyError",
     "ConversationNotFoundError",
@@ -53,6 +59,8 @@ __all__ = [
     "ProviderRequestError",
     "ProviderResponseError",
     "ProviderUnavailableError",
+    "RegistrationClosedError",
+    "SignInFailedError",
     "StorageError",
     "StoredKeyUnreadableError",
     "ToolNotFoundError",
@@ -109,6 +117,30 @@ class StoredKeyUnreadableError(ConfigurationError):
     """The user can fix this one (by entering the key again), unlike most configuration errors."""
 
     code = "stored_key_unreadable"
+
+
+class AccessError(LimnerError):
+    """The caller is not (yet) allowed: a failed sign-in, closed registration, a missing CSRF token."""
+
+    code = "access_denied"
+
+
+class SignInFailedError(AccessError):
+    """A wrong name or a wrong password: deliberately the same message."""
+
+    code = "sign_in_failed"
+
+
+class RegistrationClosedError(AccessError):
+    """Sign-up is closed (``LIMNER_ALLOW_REGISTRATION=false``)."""
+
+    code = "registration_closed"
+
+
+class CSRFError(AccessError):
+    """A change requested with the session cookie but without the matching CSRF token."""
+
+    code = "csrf_failed"
 
 
 class InputError(LimnerError):

@@ -19,6 +19,7 @@ from typing import Any
 import anyio.to_thread
 import httpx2
 
+from limner.accounts import Accounts
 from limner.chat.conversations import ChatService
 from limner.chat.loop import AgentConfig, ChatRunner
 from limner.chat.models import resolve_chat_model
@@ -79,6 +80,7 @@ class Runtime:
         self.chat_client: httpx2.AsyncClient | None = None
         self._runners: dict[str | None, ChatRunner] = {}
         self.chat = ChatService(db, library, self.chat_runner)
+        self.accounts = Accounts(db, allow_registration=settings.allow_registration, session_days=settings.session_days)
         self.running_turns: dict[str, asyncio.Task[Any]] = {}
         """Conversation ID to the task answering it, so a client can ask to stop."""
 

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "imaging": 1,
     "net": 1,
     "library": 2,
+    "accounts": 2,
     "keys": 2,
     "usage": 2,
     "chat": 3,

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import __version__
 from limner.api.deps import TokenCache
 from limner.api.errors import error_body, install_error_handlers
-from limner.api.routes import conversations, health, images, keys, tools
+from limner.api.routes import auth, conversations, health, images, keys, tools
 from limner.config import Settings
 from limner.mcp_server import MCPHTTPApp
 from limner.runtime import Runtime
@@ -49,7 +49,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         app.state.runtime = runtime
     app.state.token_cache = token_cache
     install_error_handlers(app)
-    for module in (health, images, tools, keys, conversations):
+    for module in (health, auth, images, tools, keys, conversations):
         app.include_router(module.router)
     app.include_router(conversations.agents_router)
     app.router.routes.append(mcp_endpoint.route("/mcp"))  # limner's MCP server over streamable HTTP

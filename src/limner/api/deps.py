@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import OrderedDict
 from typing import Annotated
@@ -11,10 +12,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from limner.db.models import User
 from limner.db.repositories import UserRepository
+from limner.errors import CSRFError
 from limner.ids import hash_token
 from limner.runtime import Runtime
 
-__all__ = ["CurrentUser", "RuntimeDep", "TokenCache", "get_runtime"]
+__all__ = ["SESSION_COOKIE", "CurrentUser", "RuntimeDep", "TokenCache", "get_runtime"]
 
 _bearer = HTTPBearer(auto_error=False, description="An API token from `limner tokens create`.")
 
@@ -57,12 +59,36 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
+SESSION_COOKIE = "limner_session"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+async def _session_user(request: Request, runtime: Runtime) -> User | None:
+    """The user of the session cookie; changes must carry the session's CSRF token in X-CSRF-Token."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
+        return None
+    found = await runtime.accounts.session(token)
+    if found is None:
+        return None
+    user, csrf = found
+    if request.method not in _SAFE_METHODS and not secrets.compare_digest(
+        request.headers.get("x-csrf-token", ""), csrf
+    ):
+        raise CSRFError("The request lacks the page's CSRF token.", hint="Reload the page and try again.")
+    return user
+
+
 async def current_user(
     request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
-    """The token's owner; 401 with a WWW-Authenticate challenge otherwise."""
+    """The caller: a bearer API token, else the browser session cookie; 401 otherwise."""
+    if credentials is None:
+        session_user = await _session_user(request, runtime)
+        if session_user is not None:
+            return session_user
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(
             401,

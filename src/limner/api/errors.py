@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from limner.api.schemas import ErrorResponse
 from limner.errors import (
+    AccessError,
     AgentNotFoundError,
     ConfigurationError,
     ContentPolicyError,
@@ -28,6 +29,7 @@ from limner.errors import (
     ProviderError,
     ProviderRateLimitError,
     ProviderUnavailableError,
+    SignInFailedError,
     StorageError,
     StoredKeyUnreadableError,
     ToolNotFoundError,
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides.
 STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
+    (SignInFailedError, 401),
+    (AccessError, 403),
     (ImageNotFoundError, 404),
     (ToolNotFoundError, 404),
     (ConversationNotFoundError, 404),

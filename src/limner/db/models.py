@@ -24,6 +24,7 @@ __all__ = [
     "Image",
     "ImageParent",
     "User",
+    "WebSession",
     "utcnow",
 ]
 
@@ -175,3 +176,16 @@ class ChatMessage(Base):
     text: Mapped[str] = mapped_column(Text, default="")
     image_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
     payload: Mapped[list[Any]] = mapped_column(JSON, default=list)
+
+
+class WebSession(Base):
+    """A browser session: the cookie holds a random token, only its hash is stored, with a CSRF token."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
