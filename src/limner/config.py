@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     """Chat model in pydantic-ai's `provider:model` form (`openai:gpt-4.1`, `anthropic:claude-sonnet-4-5`,
     `google-gla:gemini-2.5-flash`, ...), keys from the provider's usual variable (`OPENAI_API_KEY`, ...). With
     `LIMNER_CHAT_BASE_URL`: the model name at that OpenAI-compatible server. Unset: the sandbox chat model."""
+    chat_models: str | None = Field(None, validation_alias=_env("LIMNER_CHAT_MODELS"))
+    """Comma-separated further chat models that agents may choose (same form as `LIMNER_CHAT_MODEL`).
+    Unset: agents use `LIMNER_CHAT_MODEL` only; users cannot pick providers on the operator's keys."""
     chat_base_url: str | None = Field(None, validation_alias=_env("LIMNER_CHAT_BASE_URL"))
     """OpenAI-compatible chat server (Ollama `http://127.0.0.1:11434/v1`, vLLM, OpenRouter, ...)."""
     chat_api_key: SecretStr | None = Field(None, validation_alias=_env("LIMNER_CHAT_API_KEY"))
@@ -227,6 +230,12 @@ class Settings(BaseSettings):
         if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
         return upper
+
+    @property
+    def allowed_chat_models(self) -> list[str]:
+        """The models an agent may name: the configured one and ``LIMNER_CHAT_MODELS``."""
+        extra = [m.strip() for m in (self.chat_models or "").split(",") if m.strip()]
+        return [m for m in [self.chat_model, *extra] if m]
 
     @property
     def resolved_database_url(self) -> str:

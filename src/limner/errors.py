@@ -14,6 +14,7 @@ LimnerError                         .message (safe to show)  .hint (what to do) 
 │   ├── ToolNotFoundError           no tool by that name
 │   ├── ConversationNotFoundError   unknown or not owned, like images
 │   ├── AgentNotFoundError          unknown or not owned
+│   ├── TurnInProgressError         a conversation answers one message at a time
 │   ├── UnknownProviderError        no provider by that name takes a key
 │   ├── UnsupportedImageError       content is not an accepted image
 │   ├── ImageTooLargeError
@@ -64,6 +65,7 @@ __all__ = [
     "StorageError",
     "StoredKeyUnreadableError",
     "ToolNotFoundError",
+    "TurnInProgressError",
     "UnknownProviderError",
     "UnsafeURLError",
     "UnsupportedImageError",
@@ -178,6 +180,12 @@ class AgentNotFoundError(InputError):
     """Unknown or someone else's agent."""
 
     code = "agent_not_found"
+
+
+class TurnInProgressError(InputError):
+    """A conversation takes one message at a time."""
+
+    code = "turn_in_progress"
 
 
 class UnknownProviderError(InputError):

@@ -79,13 +79,21 @@ class Runtime:
         self._library_tools = library_tools()
         self.chat_client: httpx2.AsyncClient | None = None
         self._runners: dict[str | None, ChatRunner] = {}
-        self.chat = ChatService(db, library, self.chat_runner)
+        self.chat = ChatService(
+            db,
+            library,
+            self.chat_runner,
+            allowed_models=settings.allowed_chat_models,
+            families=lambda: [f for f in self.families if not f.startswith("mcp:")] + ["library"],
+        )
         self.accounts = Accounts(db, allow_registration=settings.allow_registration, session_days=settings.session_days)
         self.running_turns: dict[str, asyncio.Task[Any]] = {}
         """Conversation ID to the task answering it, so a client can ask to stop."""
 
     def chat_runner(self, model: str | None = None) -> ChatRunner:
-        """The agent loop for a chat model (the configured one, or an agent's own), built on first use."""
+        """The agent loop for a chat model (the configured one, or an allowed agent's own), built once."""
+        if model is not None and model not in self.settings.allowed_chat_models:
+            model = None  # an agent saved before the operator narrowed the list falls back to the default
         if model not in self._runners:
             if self.chat_client is None:
                 raise ConfigurationError("The chat agent is not available in this command.")

@@ -346,3 +346,71 @@ async def test_a_failing_chat_model_is_an_error_event_naming_the_chat_settings(
     assert "LIMNER_CHAT_MODEL" in error["hint"]
     stored = (await api.get(f"/api/conversations/{conversation}", headers=headers)).json()
     assert [m["role"] for m in stored["messages"]] == ["user", "assistant"]
+
+
+async def test_agents_are_checked(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    model = await api.post("/api/agents", headers=headers, json={"name": "a", "chat_model": "test"})
+    assert model.status_code == 400 and "not allowed" in model.json()["error"]["message"]
+    reserved = await api.post("/api/agents", headers=headers, json={"name": "default"})
+    assert reserved.status_code == 400
+    families = await api.post("/api/agents", headers=headers, json={"name": "a", "tool_families": ["nope"]})
+    assert families.status_code == 400 and "nope" in families.json()["error"]["message"]
+    first = (await api.post("/api/agents", headers=headers, json={"name": "one"})).json()
+    await api.post("/api/agents", headers=headers, json={"name": "two"})
+    clash = await api.patch(f"/api/agents/{first['id']}", headers=headers, json={"name": "two"})
+    assert clash.status_code == 400 and "already" in clash.json()["error"]["message"]
+
+
+async def test_one_turn_at_a_time_per_conversation(api: httpx2.AsyncClient, alice: Auth, runtime: Runtime) -> None:
+    import asyncio
+
+    from limner.sandbox.faults import Fault
+
+    _, headers = alice
+    assert runtime.sandbox is not None and runtime.sandbox.emulators is not None
+    runtime.sandbox.emulators.openai.faults.add(Fault.delay(1.0))
+    conversation = await new_conversation(api, headers)
+    first = asyncio.create_task(converse(api, headers, conversation, "draw a slow boat"))
+    for _ in range(200):
+        if conversation in runtime.running_turns:
+            break
+        await asyncio.sleep(0.01)
+    second = await api.post(
+        f"/api/conversations/{conversation}/messages", headers=headers, json={"text": "draw a cat", "image_ids": []}
+    )
+    assert second.status_code == 409 and second.json()["error"]["code"] == "turn_in_progress"
+    events = await first
+    assert of_type(events, "done")
+    assert conversation not in runtime.running_turns
+
+
+async def test_a_tool_argument_named_run_is_just_an_argument(runtime: Runtime) -> None:
+    from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
+
+    from limner.chat.loop import ChatRunner
+    from limner.chat.models import ChatModelChoice
+    from tests.conftest import create_user
+
+    calls = 0
+
+    async def model(messages: list[Any], info: AgentInfo) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            yield {0: DeltaToolCall(name="image_list", json_args='{"run": 1}')}
+        else:
+            yield "done"
+
+    choice = ChatModelChoice(FunctionModel(stream_function=model), "fn", supports_vision=False, is_sandbox=False)
+    runner = ChatRunner(choice=choice, library=runtime.library, keyring=runtime.keyring, tools=runtime.agent_tools)
+    user_id, _ = await create_user(runtime, "ann")
+    failed: list[dict[str, Any]] = []
+
+    async def emit(name: str, data: dict[str, Any]) -> None:
+        if name == "tool_failed":
+            failed.append(data)
+
+    outcome = await runner.run_turn(user_id=user_id, text="hi", emit=emit)
+    assert outcome.text == "done"
+    assert failed and "run" in failed[0]["message"]

@@ -33,6 +33,7 @@ from limner.errors import (
     StorageError,
     StoredKeyUnreadableError,
     ToolNotFoundError,
+    TurnInProgressError,
     UnknownProviderError,
     UnsupportedImageError,
 )
@@ -49,6 +50,7 @@ STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
     (ToolNotFoundError, 404),
     (ConversationNotFoundError, 404),
     (AgentNotFoundError, 404),
+    (TurnInProgressError, 409),
     (UnknownProviderError, 404),
     (ImageTooLargeError, 413),
     (UnsupportedImageError, 415),

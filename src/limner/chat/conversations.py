@@ -8,11 +8,10 @@ user's message and says what happened, so the conversation shows it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-import anyio
 
 from limner.chat.history import dump_messages, load_messages
 from limner.chat.loop import DEFAULT_INSTRUCTIONS, AgentConfig, ChatRunner, Emit, TurnOutcome
@@ -45,10 +44,32 @@ class AgentFields:
 class ChatService:
     """Conversations and agents of users, and their turns."""
 
-    def __init__(self, db: Database, library: ImageLibrary, runner: Callable[[str | None], ChatRunner]) -> None:
+    def __init__(
+        self,
+        db: Database,
+        library: ImageLibrary,
+        runner: Callable[[str | None], ChatRunner],
+        *,
+        allowed_models: Sequence[str] = (),
+        families: Callable[[], Sequence[str]] = tuple,
+    ) -> None:
         self.db = db
         self.library = library
         self._runner = runner
+        self.allowed_models = list(allowed_models)
+        self._families = families
+
+    def _check_fields(self, fields: AgentFields) -> None:
+        """Agents may only use models the operator allowed and tool families that exist."""
+        if fields.name is not None and fields.name == DEFAULT_AGENT_ID:
+            raise InputError("The name 'default' belongs to the built-in agent.", hint="Choose another name.")
+        if fields.chat_model is not None and fields.chat_model not in self.allowed_models:
+            allowed = ", ".join(self.allowed_models) or "none (the operator can list some in LIMNER_CHAT_MODELS)"
+            raise InputError(f"The chat model {fields.chat_model!r} is not allowed here.", hint=f"Allowed: {allowed}.")
+        unknown = sorted(set(fields.tool_families or ()) - set(self._families()))
+        if unknown:
+            known = ", ".join(self._families())
+            raise InputError(f"Unknown tool families: {', '.join(unknown)}.", hint=f"Known: {known}.")
 
     # --- agents ------------------------------------------------------------------------------------
 
@@ -67,6 +88,7 @@ class ChatService:
 
     async def create_agent(self, owner_id: str, fields: AgentFields) -> Agent:
         """A new agent; the name must be new for this owner."""
+        self._check_fields(fields)
         agent = Agent(
             id=new_row_id("agt"),
             name=fields.name or "agent",
@@ -83,10 +105,14 @@ class ChatService:
 
     async def update_agent(self, owner_id: str, agent_id: str, fields: AgentFields) -> Agent:
         """Change the given fields of an owned agent."""
+        self._check_fields(fields)
         async with self.db.unit_of_work(write=True) as session:
-            agent = await AgentRepository(session, owner_id).get(agent_id)
+            repo = AgentRepository(session, owner_id)
+            agent = await repo.get(agent_id)
             if agent is None:
                 raise AgentNotFoundError(f"No agent with ID {agent_id!r} was found.")
+            if fields.name is not None and fields.name != agent.name and await repo.by_name(fields.name):
+                raise InputError(f"You already have an agent named {fields.name!r}.", hint="Choose another name.")
             for name in ("name", "instructions", "chat_model", "tool_families", "vision_handoff"):
                 value = getattr(fields, name)
                 if value is not None:
@@ -156,22 +182,28 @@ class ChatService:
         history = [m for row in messages if row.role == "assistant" for m in load_messages(row.payload)]
         user_row = ChatMessage(id=new_row_id("msg"), role="user", text=text, image_ids=[a.id for a in attachments])
         await emit("message_start", {"conversation_id": conversation.id, "message_id": user_row.id})
-        outcome = TurnOutcome()
+        outcome = TurnOutcome()  # filled as the turn runs, so a stopped turn still records its images
         error: str | None = None
         try:
-            outcome = await self._runner(chat_model).run_turn(
+            await self._runner(chat_model).run_turn(
                 user_id=owner_id, text=text, attachments=attachments, history=history, agent=config,
-                emit=emit, conversation_id=conversation.id, message_id=user_row.id,
+                emit=emit, conversation_id=conversation.id, message_id=user_row.id, outcome=outcome,
             )  # fmt: skip
         except LimnerError as exc:
             error = f"{exc.message} {exc.hint or ''}".strip()
             raise
-        except BaseException:
+        except asyncio.CancelledError:
             error = "The answer was stopped."
             raise
+        except Exception:
+            error = "Something went wrong inside limner; the answer is incomplete."
+            raise
         finally:
-            with anyio.CancelScope(shield=True):  # stored even when the client went away
-                await self._store(owner_id, conversation, user_row, outcome, error, first=not messages)
+            # Its own task, shielded: a second cancellation (a client gone, then a stop) must not cut it short.
+            store = asyncio.ensure_future(
+                self._store(owner_id, conversation, user_row, outcome, error, first=not messages)
+            )
+            await _finish(store)
         return outcome
 
     async def _agent_config(self, owner_id: str, agent_id: str | None) -> tuple[AgentConfig, str | None]:
@@ -218,6 +250,18 @@ class ChatService:
                 await repo.append(current, [user_row, reply])
         except Exception:
             log.exception("could not store a chat turn")
+
+
+async def _finish(task: asyncio.Future[None]) -> None:
+    """Wait for ``task`` even if this coroutine is cancelled meanwhile (then re-raise the cancellation)."""
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            continue
+    task.result()
 
 
 def _title(text: str) -> str:

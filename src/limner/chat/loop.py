@@ -92,7 +92,7 @@ class _Turn:
     emit: Emit
     conversation_id: str | None
     message_id: str | None
-    outcome: TurnOutcome = field(default_factory=TurnOutcome)
+    outcome: TurnOutcome
 
 
 class ChatRunner:
@@ -130,10 +130,15 @@ class ChatRunner:
         emit: Emit,
         conversation_id: str | None = None,
         message_id: str | None = None,
+        outcome: TurnOutcome | None = None,
     ) -> TurnOutcome:
-        """One turn; events go to ``emit`` as they happen. Cancelling the task cancels the tool calls too."""
+        """One turn; events go to ``emit`` as they happen. Cancelling the task cancels the tool calls too.
+
+        ``outcome`` is filled as the turn runs (new image IDs at once), so a caller still knows what a
+        stopped or failed turn made.
+        """
         config = agent or AgentConfig()
-        turn = _Turn(user_id, config, emit, conversation_id, message_id)
+        turn = _Turn(user_id, config, emit, conversation_id, message_id, outcome or TurnOutcome())
         specs = self._tools(config)
         runner: Agent[None, str] = Agent(
             self.choice.model,
@@ -197,19 +202,19 @@ class ChatRunner:
         ]
         parts.append("\n".join(lines))
         if self.sees_images(turn.agent):
-            parts += await self._image_parts(attachments)
+            parts += await self._image_parts(turn.user_id, attachments)
         return parts
 
-    async def _image_parts(self, records: Sequence[ImageRecord]) -> list[UserContent]:
+    async def _image_parts(self, owner_id: str, records: Sequence[ImageRecord]) -> list[UserContent]:
         parts: list[UserContent] = []
-        found = await self.library.read_many(records[0].owner_id, [r.id for r in records[:_MAX_HANDOFF_IMAGES]])
+        found = await self.library.read_many(owner_id, [r.id for r in records[:_MAX_HANDOFF_IMAGES]])
         for record, data in found:
             copy, media_type = await vision_copy(data, self.vision_max_side)
             parts += [f"Image {record.id}:", BinaryContent(copy, media_type=media_type, identifier=record.id)]
         return parts
 
     def _tool(self, spec: ToolSpec[Any], turn: _Turn) -> Tool[None]:
-        async def call(run: RunContext[None], **arguments: Any) -> Any:
+        async def call(run: RunContext[None], /, **arguments: Any) -> Any:  # a "run" argument stays an argument
             call_id = run.tool_call_id or f"call_{next(_counter)}"
             await turn.emit("tool_call_started", {"tool_call_id": call_id, "tool": spec.name, "arguments": arguments})
             result = await self._run_tool(spec, arguments, turn, call_id)
@@ -254,7 +259,7 @@ class ChatRunner:
                 "this model cannot see images" if not self.choice.supports_vision else "vision is off for this agent"
             )
             return f"{result.text}\n(The images are not shown to you: {reason}. Refer to them by ID.)"
-        images = await self._image_parts(result.images)
+        images = await self._image_parts(turn.user_id, result.images)
         if isinstance(self.choice.model, AnthropicModel):
             return [result.text, *images]  # inside the tool result
         return ToolReturn(return_value=result.text, content=images)  # a user message after the tool results

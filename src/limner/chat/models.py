@@ -46,7 +46,7 @@ def model_sees_images(name: str, override: str = "auto") -> bool:
     """Whether a model takes images: the operator's override, else the known families."""
     if override != "auto":
         return override == "on"
-    lowered = name.lower().rsplit(":", 1)[-1]
+    lowered = name.lower()
     return any(family in lowered for family in _VISION_FAMILIES) and "text" not in lowered.split("-")
 
 
@@ -56,7 +56,7 @@ def resolve_chat_model(
     """The configured chat model, or the sandbox's; a ConfigurationError naming the setting otherwise."""
     vision = settings.chat_vision
     if settings.chat_base_url:
-        name = (settings.chat_model or "").split(":", 1)[-1]
+        name = (settings.chat_model or "").removeprefix("openai:")  # Ollama tags (llama3.2-vision:11b) stay
         if not name:
             raise ConfigurationError(
                 "LIMNER_CHAT_BASE_URL is set but LIMNER_CHAT_MODEL (the model name at that server) is not.",

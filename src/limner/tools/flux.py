@@ -125,7 +125,11 @@ class FluxFamily(BackendFamily):
         if args.action == "list_finetunes":
             assert isinstance(backend, BFLBackend)
             finetunes = await backend.list_finetunes(api_key=await self.api_key(ctx) or "")
-            text = "The user's Flux fine-tunes:\n" + json.dumps(finetunes, indent=2) if finetunes else "No fine-tunes."
+            text = (
+                "Flux fine-tunes available with this key:\n" + json.dumps(finetunes, indent=2)
+                if finetunes
+                else "No fine-tunes."
+            )
             return ToolResult(text=text, metadata={"finetunes": finetunes})
         model = self._model(args)
         common = _request_fields(args, backend.profile(model))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -23,10 +24,12 @@ from limner.api.errors import ERROR_RESPONSES
 from limner.chat.conversations import DEFAULT_AGENT_ID, AgentFields
 from limner.chat.loop import DEFAULT_INSTRUCTIONS
 from limner.db.models import Agent, ChatMessage, Conversation
-from limner.errors import LimnerError
+from limner.errors import LimnerError, TurnInProgressError
 from limner.runtime import Runtime
 
 __all__ = ["agents_router", "router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"], responses=ERROR_RESPONSES)
 agents_router = APIRouter(prefix="/api/agents", tags=["agents"], responses=ERROR_RESPONSES)
@@ -203,6 +206,11 @@ async def send_message(
     """Checks the conversation and the attached IDs first (404 before any stream), then streams."""
     await runtime.chat.get(user.id, conversation_id)
     await runtime.library.get_many(user.id, body.image_ids)
+    if conversation_id in runtime.running_turns:
+        raise TurnInProgressError(
+            "An answer is still being written in this conversation.",
+            hint="Wait for it, or stop it with POST /api/conversations/{id}/stop.",
+        )
     stream = _turn_events(runtime, user.id, conversation_id, body)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -212,14 +220,10 @@ async def send_message(
 async def stop_turn(runtime: RuntimeDep, user: CurrentUser, conversation_id: str) -> Response:
     """Cancels the running turn of an owned conversation (no-op when none runs)."""
     await runtime.chat.get(user.id, conversation_id)
-    task = _running(runtime).get(conversation_id)
-    if task is not None:
+    task = runtime.running_turns.get(conversation_id)
+    if task is not None and not task.cancelling():
         task.cancel()
     return Response(status_code=204)
-
-
-def _running(runtime: Runtime) -> dict[str, asyncio.Task[Any]]:
-    return runtime.running_turns
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -244,11 +248,19 @@ async def _turn_events(runtime: Runtime, user_id: str, conversation_id: str, bod
         except asyncio.CancelledError:
             await emit("stopped", {"message": "The answer was stopped."})
             raise
+        except Exception:
+            log.exception("chat turn failed")
+            error = {"code": "internal_error", "message": "Something went wrong inside limner.", "hint": None}
+            await emit("error", {**error, "provider": None})
         finally:
             await queue.put(None)
 
     task = asyncio.create_task(turn())
-    _running(runtime)[conversation_id] = task
+    running = runtime.running_turns
+    running[conversation_id] = task
+    task.add_done_callback(
+        lambda done: running.pop(conversation_id, None) if running.get(conversation_id) is done else None
+    )
     try:
         while True:
             try:
@@ -260,11 +272,11 @@ async def _turn_events(runtime: Runtime, user_id: str, conversation_id: str, bod
                 break
             yield item
     finally:
-        if not task.done():
+        if not task.done() and not task.cancelling():
             task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if _running(runtime).get(conversation_id) is task:
-            del _running(runtime)[conversation_id]
+        # Shielded: this generator may itself be cancelled (the client left); the turn must still finish
+        # storing what it did.
+        await asyncio.shield(asyncio.gather(task, return_exceptions=True))
 
 
 # --- agents ---------------------------------------------------------------------------------------------
