@@ -196,3 +196,28 @@ async def test_sigkill_mid_save_leaves_no_orphans(
         assert stored == referenced  # and, after the sweep, no blob without a row
         assert list((data_dir / "blobs").rglob("*.tmp")) == []
         assert len(referenced) >= acknowledged  # nothing acknowledged was lost
+
+
+async def test_limner_serve_mounts_the_mcp_server_behind_the_token(
+    data_dir: Path, server_factory: list[Server]
+) -> None:
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    env = _env(data_dir)
+    token = await asyncio.to_thread(_token, data_dir, env)
+    server = Server(data_dir, env)
+    server_factory.append(server)
+    await asyncio.to_thread(server.wait_ready)
+    async with httpx2.AsyncClient(timeout=30) as anonymous:
+        refused = await anonymous.post(f"{server.url}/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert refused.status_code == 401
+    async with (
+        httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as http,
+        Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client,
+    ):
+        names = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"image_gen_oai", "image_list", "image_view"} <= names
+        result = await client.call_tool("image_gen_oai", {"prompt": "a lighthouse"})
+        assert not result.is_error
+        assert any(block.type == "image" for block in result.content)
