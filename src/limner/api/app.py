@@ -26,6 +26,8 @@ __all__ = ["create_app"]
 
 def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI:
     """The app; pass ``runtime`` to share one already opened (tests, the CLI's in-process server)."""
+    from limner import web  # imported here, not at the top: limner.web builds on limner.api.deps
+
     token_cache = TokenCache()
     mcp_endpoint = MCPHTTPApp(token_cache=token_cache)
 
@@ -52,6 +54,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     for module in (health, auth, images, tools, keys, conversations):
         app.include_router(module.router)
     app.include_router(conversations.agents_router)
+    app.include_router(web.router)  # the chat web UI: / and /signin
+    app.mount("/static", web.static_files(), name="static")
     app.router.routes.append(mcp_endpoint.route("/mcp"))  # limner's MCP server over streamable HTTP
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 256 * 1024)
     return app

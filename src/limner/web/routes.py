@@ -113,4 +113,6 @@ class _RevalidatedStaticFiles(StaticFiles):
 
 def static_files() -> StaticFiles:
     """The ASGI app to mount at ``/static``: the UI's modules, styles and icons."""
-    return _RevalidatedStaticFiles(directory=_HERE / "static")
+    # check_dir=False: the folder ships with the package, and checking it here would stat the disk inside
+    # create_app, which may run on the event loop; Starlette checks it (in a thread) on the first request.
+    return _RevalidatedStaticFiles(directory=_HERE / "static", check_dir=False)

@@ -52,9 +52,16 @@ export function iconButton(name, label, { hideLabel = true, className = "icon-bu
   );
 }
 
-export function clear(el) {
+/** Prompts can be long (a model writes them): labels and alt texts take the start. */
+export function shorten(text, max = 120) {
+  const line = String(text ?? "").replace(/\s+/g, " ").trim();
+  return line.length <= max ? line : `${line.slice(0, max - 1)}…`;
+}
+
+/** Replace an element's children (null and false skipped, strings as text). */
+export function fill(el, ...children) {
   el.replaceChildren();
-  return el;
+  return append(el, children);
 }
 
 /** Human sizes: 1.2 MB. */
