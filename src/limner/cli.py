@@ -153,7 +153,8 @@ def serve(
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     url = f"http://{bind_host}:{bind_port}"
     console.print(f"limner {__version__} on [bold]{url}[/] (data: {settings.data_dir})", soft_wrap=True)
-    console.print("API docs at /docs. Create an API token with: limner tokens create --user YOUR_NAME", soft_wrap=True)
+    console.print(f"Open {url} in a browser and sign up (the first account is the administrator).", soft_wrap=True)
+    console.print("API docs at /docs; API tokens: limner tokens create --user YOUR_NAME", soft_wrap=True)
     uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=settings.log_level.lower())
 
 
