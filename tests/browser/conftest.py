@@ -107,7 +107,7 @@ class LimnerServer:
         self._log_file.close()
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def chromium() -> Path:
     """Debian's Chromium, installed by the project's script when it is missing."""
     if not CHROMIUM.exists():
@@ -123,7 +123,7 @@ def chromium() -> Path:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next tier: the sync API holds an event loop
 def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LimnerServer]]:
     """Both servers start together (each takes a few seconds), and stop at the end of the session."""
     emulator_port = _free_port()
@@ -145,23 +145,23 @@ def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Lim
             started.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next tier: the sync API holds an event loop
 def server(_servers: dict[str, LimnerServer]) -> LimnerServer:
     return _servers["default"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next tier: the sync API holds an event loop
 def keys_server(_servers: dict[str, LimnerServer]) -> LimnerServer:
     return _servers["keys"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next tier: the sync API holds an event loop
 def playwright_session() -> Iterator[Playwright]:
     with sync_playwright() as playwright:
         yield playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # torn down before the next tier: the sync API holds an event loop
 def browser(playwright_session: Playwright, chromium: Path) -> Iterator[Browser]:
     launched = playwright_session.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
     yield launched
