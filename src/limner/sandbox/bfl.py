@@ -45,7 +45,7 @@ from limner.sandbox.bfl_tasks import DEFAULT_TASK_LIMIT, Task, TaskStatus, TaskS
 from limner.sandbox.faults import Fault, FaultKind, FaultQueue
 from limner.sandbox.hosted_files import HostedFiles, Lookup, expired_body, missing_body
 from limner.sandbox.openai_errors import EmulatedError
-from limner.sandbox.openai_wire import wait_for_disconnect
+from limner.sandbox.openai_wire import stall
 from limner.sandbox.recorder import DEFAULT_LOG_LIMIT, RecordedRequest, RequestLog
 
 __all__ = ["DEFAULT_FINETUNES", "BFLEmulator"]
@@ -269,24 +269,7 @@ class BFLEmulator:
     async def _stall(self, request: Request, seconds: float) -> None:
         """Sleep, but give up when the client leaves or the emulator is closed."""
         await request.body()  # the disconnect watcher may only read once the body is consumed
-        outcome = "closed"
-        with anyio.CancelScope() as scope:
-            self._pauses.add(scope)
-            try:
-                async with anyio.create_task_group() as group:
-
-                    async def watch_client() -> None:
-                        nonlocal outcome
-                        await wait_for_disconnect(request.receive)
-                        outcome = "disconnected"
-                        scope.cancel()
-
-                    group.start_soon(watch_client)
-                    await anyio.sleep(seconds)
-                    outcome = "done"
-                    scope.cancel()
-            finally:
-                self._pauses.discard(scope)
+        outcome = await stall(request.receive, seconds, self._pauses)
         if outcome == "closed":
             raise wire.detail_error(503, "The sandbox is shutting down.")
         if outcome == "disconnected":

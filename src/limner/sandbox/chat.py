@@ -57,7 +57,7 @@ from limner.sandbox.chat_rules import decide
 from limner.sandbox.chat_wire import Answer, ChatWire, Frame, ParsedRequest, compact
 from limner.sandbox.faults import Fault, FaultKind, FaultQueue, fault_from_json
 from limner.sandbox.openai_errors import EmulatedError, invalid_request, invalid_url, mask_key, openai_body
-from limner.sandbox.openai_wire import RequestIds, request_id, route_path, wait_for_disconnect
+from limner.sandbox.openai_wire import RequestIds, request_id, route_path, stall
 from limner.sandbox.recorder import DEFAULT_LOG_LIMIT, RequestLog
 
 __all__ = ["DEFAULT_MODELS", "ChatEmulator", "ChatModel", "RecordedChat"]
@@ -251,24 +251,7 @@ class ChatEmulator:
 
     async def _stall(self, request: Request, seconds: float) -> None:
         """Sleep before answering, but give up when the client leaves or the emulator is closed."""
-        outcome = "closed"
-        with anyio.CancelScope() as scope:
-            self._pauses.add(scope)
-            try:
-                async with anyio.create_task_group() as group:
-
-                    async def watch_client() -> None:
-                        nonlocal outcome
-                        await wait_for_disconnect(request.receive)
-                        outcome = "disconnected"
-                        scope.cancel()
-
-                    group.start_soon(watch_client)
-                    await anyio.sleep(seconds)
-                    outcome = "done"
-                    scope.cancel()
-            finally:
-                self._pauses.discard(scope)
+        outcome = await stall(request.receive, seconds, self._pauses)
         if outcome == "closed":
             raise EmulatedError(503, openai_body("The sandbox is shutting down.", "service_unavailable_error"))
         if outcome == "disconnected":

@@ -64,8 +64,8 @@ from limner.sandbox.openai_wire import (
     single_chunk,
     sse,
     sse_error,
+    stall,
     summarise_files,
-    wait_for_disconnect,
 )
 from limner.sandbox.recorder import DEFAULT_LOG_LIMIT, RecordedRequest, RequestLog
 
@@ -228,8 +228,8 @@ class OpenAIImagesEmulator:
     ) -> Response:
         if fault is not None and fault.kind is FaultKind.ERROR:
             raise EmulatedError(fault.status, fill_request_id(fault.body or {}, request_id(request)), fault.headers)
-        stall = fault.seconds if fault is not None and fault.kind in (FaultKind.DELAY, FaultKind.HANG) else 0.0
-        for seconds in (stall, self.delay):
+        paused = fault.seconds if fault is not None and fault.kind in (FaultKind.DELAY, FaultKind.HANG) else 0.0
+        for seconds in (paused, self.delay):
             if seconds > 0:
                 await self._stall(request, seconds)
         job = await anyio.to_thread.run_sync(build_job, raw, route, self.policy)
@@ -239,24 +239,7 @@ class OpenAIImagesEmulator:
 
     async def _stall(self, request: Request, seconds: float) -> None:
         """Sleep, but give up when the client leaves or the emulator is closed."""
-        outcome = "closed"
-        with anyio.CancelScope() as scope:
-            self._pauses.add(scope)
-            try:
-                async with anyio.create_task_group() as group:
-
-                    async def watch_client() -> None:
-                        nonlocal outcome
-                        await wait_for_disconnect(request.receive)
-                        outcome = "disconnected"
-                        scope.cancel()
-
-                    group.start_soon(watch_client)
-                    await anyio.sleep(seconds)
-                    outcome = "done"
-                    scope.cancel()
-            finally:
-                self._pauses.discard(scope)
+        outcome = await stall(request.receive, seconds, self._pauses)
         if outcome == "closed":
             raise EmulatedError(503, openai_body("The sandbox is shutting down.", "service_unavailable_error"))
         if outcome == "disconnected":

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -149,6 +150,33 @@ async def wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def stall(receive: Receive, seconds: float, pauses: set[anyio.CancelScope]) -> str:
+    """Sleep ``seconds``, but stop early when the client leaves or the emulator cancels ``pauses``.
+
+    Returns ``"done"``, ``"disconnected"`` or ``"closed"``; each emulator answers the last two in its own
+    error shape. Shared by the emulators' delay and hang faults.
+    """
+    outcome = "closed"
+    with anyio.CancelScope() as scope:
+        pauses.add(scope)
+        try:
+            async with anyio.create_task_group() as group:
+
+                async def watch_client() -> None:
+                    nonlocal outcome
+                    await wait_for_disconnect(receive)
+                    outcome = "disconnected"
+                    scope.cancel()
+
+                group.start_soon(watch_client)
+                await anyio.sleep(seconds)
+                outcome = "done"
+                scope.cancel()
+        finally:
+            pauses.discard(scope)
+    return outcome
 
 
 async def single_chunk(chunk: bytes) -> AsyncIterator[bytes]:
