@@ -32,22 +32,11 @@ from limner.errors import (
 from limner.net import create_http_client
 from limner.sandbox import Fault, read_stamp
 from limner.sandbox.a1111 import A1111Emulator
-from limner.sandbox.server import Emulator, Sandbox, serve_sandbox
+from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
 
 USER, PASSWORD = "alice", "pa55-w0rd-secret"
 LIBRECHAT_BODY = {"cfg_scale": 4.5, "steps": 22, "width": 1024, "height": 1024}
-
-
-class A1111Sandbox(Sandbox):
-    """The stock sandbox plus the A1111 emulator (until ``Sandbox`` registers it itself)."""
-
-    def __init__(self, a1111: A1111Emulator) -> None:
-        super().__init__()
-        self.a1111 = a1111
-
-    def emulators(self) -> dict[str, Emulator]:
-        return {**super().emulators(), "a1111": self.a1111}
 
 
 @dataclass
@@ -77,7 +66,7 @@ async def start() -> AsyncIterator[Start]:
 
         async def starter(**knobs: Any) -> Upstream:
             emulator = A1111Emulator(**knobs)
-            running = await stack.enter_async_context(serve_sandbox(A1111Sandbox(emulator)))
+            running = await stack.enter_async_context(serve_sandbox(Sandbox(a1111=emulator)))
             return Upstream(emulator, running.urls["a1111"], http)
 
         yield starter

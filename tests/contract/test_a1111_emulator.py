@@ -19,20 +19,9 @@ from PIL import Image
 from limner.net import create_http_client
 from limner.sandbox import Fault, read_stamp
 from limner.sandbox.a1111 import A1111Emulator
-from limner.sandbox.server import Emulator, Sandbox, serve_sandbox
+from limner.sandbox.server import Sandbox, serve_sandbox
 
 SDAPI = "/sdapi/v1"
-
-
-class A1111Sandbox(Sandbox):
-    """The stock sandbox plus the A1111 emulator (until ``Sandbox`` registers it itself)."""
-
-    def __init__(self, a1111: A1111Emulator) -> None:
-        super().__init__()
-        self.a1111 = a1111
-
-    def emulators(self) -> dict[str, Emulator]:
-        return {**super().emulators(), "a1111": self.a1111}
 
 
 @dataclass
@@ -66,7 +55,7 @@ async def start() -> AsyncIterator[Start]:
 
         async def starter(**knobs: Any) -> WebUI:
             emulator = A1111Emulator(**knobs)
-            running = await stack.enter_async_context(serve_sandbox(A1111Sandbox(emulator)))
+            running = await stack.enter_async_context(serve_sandbox(Sandbox(a1111=emulator)))
             return WebUI(emulator, running.urls["a1111"], http)
 
         yield starter
@@ -582,7 +571,7 @@ async def test_closing_the_sandbox_ends_a_running_job_promptly() -> None:
     emulator = A1111Emulator(seconds_per_step=0.05)
     loop = asyncio.get_running_loop()
     async with await asyncio.to_thread(create_http_client, timeout=30) as http:
-        async with serve_sandbox(A1111Sandbox(emulator)) as running:
+        async with serve_sandbox(Sandbox(a1111=emulator)) as running:
             url = running.urls["a1111"] + f"{SDAPI}/txt2img"
             task = asyncio.create_task(http.post(url, json={"prompt": "p", "steps": 150, "width": 64, "height": 64}))
             await wait_until(lambda: emulator.state.sampling_step >= 1)

@@ -35,22 +35,11 @@ from limner.sandbox import read_stamp
 from limner.sandbox.bfl import BFLEmulator
 from limner.sandbox.bfl_wire import BFL_FAULTS
 from limner.sandbox.faults import Fault
-from limner.sandbox.server import Emulator, Sandbox, serve_sandbox
+from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
 
 KEY = "bfl_test_key_abcdef0123456789"
 LOOPBACK = FetchPolicy(max_bytes=50 * 1024 * 1024, allow_loopback=True)
-
-
-class BFLSandbox(Sandbox):
-    """The runner's Sandbox with our emulator added under ``bfl`` (until server.py registers it)."""
-
-    def __init__(self, bfl: BFLEmulator) -> None:
-        super().__init__()
-        self.bfl = bfl
-
-    def emulators(self) -> dict[str, Emulator]:
-        return {**super().emulators(), "bfl": self.bfl}
 
 
 @dataclass
@@ -91,7 +80,7 @@ async def start() -> AsyncIterator[Start]:
         async def factory(**knobs: Any) -> Upstream:
             knobs.setdefault("accepted_keys", {KEY})
             emulator = BFLEmulator(**knobs)
-            running = await stack.enter_async_context(serve_sandbox(BFLSandbox(emulator)))
+            running = await stack.enter_async_context(serve_sandbox(Sandbox(bfl=emulator)))
             return Upstream(emulator, running.urls["bfl"], http)
 
         yield factory

@@ -22,22 +22,11 @@ from limner.sandbox.bfl_catalog import ENDPOINTS
 from limner.sandbox.bfl_tasks import TaskStatus
 from limner.sandbox.bfl_wire import BFL_FAULTS
 from limner.sandbox.faults import Fault
-from limner.sandbox.server import Emulator, Sandbox, serve_sandbox
+from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
 
 KEY = "bfl_sandbox_key_0001"
 OTHER_KEY = "bfl_sandbox_key_0002"
-
-
-class BFLSandbox(Sandbox):
-    """The runner's Sandbox with our emulator added under ``bfl`` (until server.py registers it)."""
-
-    def __init__(self, bfl: BFLEmulator) -> None:
-        super().__init__()
-        self.bfl = bfl
-
-    def emulators(self) -> dict[str, Emulator]:
-        return {**super().emulators(), "bfl": self.bfl}
 
 
 @dataclass
@@ -86,7 +75,7 @@ async def start() -> AsyncIterator[Start]:
         async def factory(**knobs: Any) -> Api:
             knobs.setdefault("accepted_keys", {KEY, OTHER_KEY})
             emulator = BFLEmulator(**knobs)
-            running = await stack.enter_async_context(serve_sandbox(BFLSandbox(emulator)))
+            running = await stack.enter_async_context(serve_sandbox(Sandbox(bfl=emulator)))
             return Api(emulator, running.urls["bfl"], http)
 
         yield factory
