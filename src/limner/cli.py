@@ -106,7 +106,7 @@ def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, with_tools: bool =
 
     async def main() -> T:
         async with Runtime.open(settings, with_tools=with_tools) as runtime:
-            if runtime.sandbox is not None:
+            if runtime.sandbox is not None and runtime.sandbox.reason is not None:
                 err_console.print(f"[dim]sandbox: {runtime.sandbox.reason}; using the built-in emulators[/]")
             return await work(runtime)
 

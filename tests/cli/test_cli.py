@@ -147,3 +147,13 @@ def test_chat_makes_then_changes_a_picture(tmp_path: Path) -> None:
     record = json.loads(invoke("images", "show", second))
     assert record["parents"] == [{"id": first, "role": "input", "exists": True}]
     assert "image_edit_oai" in result.stdout
+
+
+def test_no_sandbox_notice_when_a_provider_is_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGE_GEN_OAI_API_KEY", "sk-test")
+    monkeypatch.setenv("IMAGE_GEN_OAI_BASEURL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("LIMNER_PROVIDER_MAX_RETRIES", "0")
+    result = runner.invoke(app, ["generate", "a lighthouse"])
+    assert result.exit_code == 69
+    assert "sandbox" not in result.output.lower()
+    assert "Could not connect" in result.output
