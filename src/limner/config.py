@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from limner.errors import ConfigurationError
 
@@ -47,6 +54,30 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
+def _documented_names_only(
+    infos: list[tuple[str, str, bool]], field: FieldInfo, field_name: str
+) -> list[tuple[str, str, bool]]:
+    """Drop the bare field name from the names an environment source looks up.
+
+    ``populate_by_name`` lets Python code build ``Settings(data_dir=...)``, but pydantic-settings then
+    also reads ``DATA_DIR``, ``HOST``, ``PORT`` from the environment: a LibreChat ``.env`` in the working
+    directory would move limner onto LibreChat's port. Only the documented names (the aliases) count.
+    """
+    if field.validation_alias is None:
+        return infos
+    return [info for info in infos if info[0] != field_name]
+
+
+class _EnvSource(EnvSettingsSource):
+    def _extract_field_info(self, field: FieldInfo, field_name: str) -> list[tuple[str, str, bool]]:
+        return _documented_names_only(super()._extract_field_info(field, field_name), field, field_name)
+
+
+class _DotEnvSource(DotEnvSettingsSource):
+    def _extract_field_info(self, field: FieldInfo, field_name: str) -> list[tuple[str, str, bool]]:
+        return _documented_names_only(super()._extract_field_info(field, field_name), field, field_name)
+
+
 class Settings(BaseSettings):
     """Every setting limner reads. Each field's docstring is the README's description of it."""
 
@@ -58,6 +89,28 @@ class Settings(BaseSettings):
         use_attribute_docstrings=True,
         frozen=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Python keyword arguments by field name; the environment and ``.env`` by documented name only."""
+        env_file = getattr(dotenv_settings, "env_file", None)
+        encoding = getattr(dotenv_settings, "env_file_encoding", None)
+        # "only_existing": the .env's other lines are not handed on as extra keys, which the model would
+        # otherwise accept under their field names (a LibreChat .env's SANDBOX, HOST, ...).
+        return (
+            init_settings,
+            _EnvSource(settings_cls),
+            _DotEnvSource(
+                settings_cls, env_file=env_file, env_file_encoding=encoding, dotenv_filtering="only_existing"
+            ),
+        )
 
     # --- OpenAI Image Tools (LibreChat names) -------------------------------------------------
     image_gen_oai_api_key: SecretStr | None = Field(None, validation_alias=_env("IMAGE_GEN_OAI_API_KEY"))

@@ -100,3 +100,54 @@ def test_redact_removes_a_known_secret_of_any_shape() -> None:
 
     assert "hunter2hunter2" not in redact("upstream said: key hunter2hunter2 invalid", secrets=("hunter2hunter2",))
     assert redact("The size is not supported by this model.") == "The size is not supported by this model."
+
+
+def _bare_field_names_env() -> str:
+    """Every Settings field under its bare name, with a value that differs from its default."""
+    lines = [
+        "HOST=localhost",
+        "PORT=3080",
+        "ALLOW_REGISTRATION=false",
+        "DATABASE_URL=postgresql://librechat@db/librechat",
+        "DATA_DIR=/srv/librechat/data",
+        "LOG_LEVEL=debug",
+        "SANDBOX=off",
+        "CHAT_MODEL=openai:gpt-4o",
+        "MCP_CONFIG=/app/librechat.yaml",
+        "DEBUG_LOGGING=true",
+    ]
+    documented = {name.upper() for names in Settings.env_names().values() for name in names}
+    for field in Settings.model_fields:
+        if field.upper() not in documented:
+            lines.append(f"{field.upper()}=1")
+    return "\n".join(lines) + "\n"
+
+
+def test_bare_field_names_are_not_read_from_env_file_or_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A LibreChat .env (HOST, PORT, ...) must not move limner onto LibreChat's port or data."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    defaults = load_settings(None)
+    env = tmp_path / ".env"
+    env.write_text(LIBRECHAT_ENV + _bare_field_names_env())
+    from_file = load_settings(env)
+    for line in _bare_field_names_env().splitlines():
+        name, value = line.split("=", 1)
+        monkeypatch.setenv(name, value)
+    from_environment = load_settings(None)
+    for field in Settings.model_fields:
+        if field in {"image_gen_oai_api_key", "image_gen_oai_model", "sd_webui_url", "creds_key"}:
+            continue  # LibreChat's own names in LIBRECHAT_ENV, read on purpose
+        assert getattr(from_file, field) == getattr(defaults, field), field
+        assert getattr(from_environment, field) == getattr(defaults, field), field
+    assert from_file.port == 8480
+    assert from_file.host == "127.0.0.1"
+    # LibreChat's image names are still read from the same file
+    assert from_file.image_gen_oai_model == "gpt-image-2"
+    assert from_file.sd_webui_url == "http://host.docker.internal:7860"
+
+
+def test_python_code_still_passes_settings_by_field_name(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, data_dir=tmp_path, port=9999, sandbox="off")
+    assert (settings.data_dir, settings.port, settings.sandbox) == (tmp_path, 9999, SandboxMode.OFF)
