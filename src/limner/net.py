@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 import httpx2
+import idna
 
 from limner.errors import ImageTooLargeError, ProviderUnavailableError, UnsafeURLError, redact
 
@@ -233,6 +234,7 @@ def is_public_address(ip: str | IPAddress) -> bool:
 
 _HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
 _NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+_MAX_PORT = 65535
 _ADDRESS_HINT = "Only public internet addresses can be fetched; upload the image instead, or use a public link."
 
 
@@ -248,12 +250,34 @@ def _refused(where: str, why: str, hint: str, via: str | None = None) -> UnsafeU
     return UnsafeURLError(f"Refused to fetch {where}{origin}: {why}.", hint=hint)
 
 
+def _malformed(reason: str) -> UnsafeURLError:
+    return UnsafeURLError(f"Refused to fetch a malformed URL ({redact(reason, limit=120)}).", hint="Check the link.")
+
+
 def _parse(url: str | httpx2.URL) -> httpx2.URL:
+    """Parse ``url`` completely, so that nothing malformed reaches the resolver or the connector.
+
+    httpx2's parser leaves some things to the socket layer: a port above 65535 (which then fails inside
+    anyio's happy-eyeballs task group as a bare ``ExceptionGroup``), port 0, and ASCII ``xn--`` labels
+    that are not valid punycode. They are refused here, as :class:`UnsafeURLError`, like any other
+    malformed URL; so is any other exception the parser raises (``ValueError``, ``UnicodeError``).
+    """
     try:
         parsed = url if isinstance(url, httpx2.URL) else httpx2.URL(url)
+        port = parsed.port
+        host = parsed.raw_host.decode("ascii")
     except httpx2.InvalidURL as exc:
-        reason = redact(str(exc), limit=120)
-        raise UnsafeURLError(f"Refused to fetch a malformed URL ({reason}).", hint="Check the link.") from exc
+        raise _malformed(str(exc)) from exc
+    except (ValueError, TypeError) as exc:  # UnicodeError is a ValueError
+        raise _malformed(type(exc).__name__) from exc
+    if port is not None and not 0 < port <= _MAX_PORT:
+        raise _malformed(f"the port {port} is outside 1-{_MAX_PORT}")
+    for label in host.lower().rstrip(".").split("."):
+        if label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise _malformed(f"the host label {label[:63]!r} is not valid IDNA") from exc
     return parsed.copy_with(fragment=None)
 
 
@@ -327,7 +351,7 @@ async def _addresses(host: str, port: int, resolver: Resolver, where: str, provi
     )
     try:
         addresses = list(await resolver(host, port))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # gaierror, or a name the resolver's IDNA codec refuses
         raise unresolved from exc
     if not addresses:
         raise unresolved
@@ -423,6 +447,23 @@ def _upstream_errors(where: str, provider: str) -> Iterator[None]:
             endpoint=where,
             hint="The server could not be reached or broke the connection; try again later.",
         ) from exc
+    except (OSError, ValueError, ArithmeticError, ExceptionGroup) as exc:
+        # What the connector can let through unmapped: anyio's happy-eyeballs task group raises an
+        # ExceptionGroup when a connection attempt fails with anything but OSError, and the socket layer
+        # raises OverflowError (an ArithmeticError) or ValueError for arguments it refuses. _parse refuses
+        # every such URL it knows of first; this keeps the promise for the ones nobody has found yet.
+        raise _connector_error(where, provider, exc) from exc
+
+
+def _connector_error(where: str, provider: str, exc: BaseException) -> ProviderUnavailableError:
+    causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+    detail = "; ".join(dict.fromkeys(redact(str(cause) or type(cause).__name__, limit=100) for cause in causes))
+    return ProviderUnavailableError(
+        f"Could not connect to {where}: {detail}",
+        provider=provider,
+        endpoint=where,
+        hint="The server could not be reached; check the link, or try again later.",
+    )
 
 
 def _status_error(response: httpx2.Response, where: str, provider: str) -> ProviderUnavailableError:
