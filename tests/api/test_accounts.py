@@ -51,6 +51,7 @@ async def test_sign_in_failures_look_alike_and_sign_out_ends_the_session(api: ht
     csrf = signed.json()["csrf_token"]
     out = await api.post("/api/auth/signout", headers={"X-CSRF-Token": csrf})
     assert out.status_code == 204
+    assert out.headers["clear-site-data"] == '"cache"'  # the next user of this browser sees nothing cached
     api.cookies.clear()
     assert (await api.get("/api/images")).status_code == 401
 

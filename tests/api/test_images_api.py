@@ -30,7 +30,7 @@ async def test_upload_then_read_everything(api: httpx2.AsyncClient, alice: Auth)
     assert content.content == data
     assert content.headers["content-type"] == "image/png"
     assert content.headers["etag"] == f'"{image["sha256"]}"'
-    assert "immutable" in content.headers["cache-control"]
+    assert content.headers["cache-control"] == "private, no-cache"  # revalidated: nothing outlives access
 
     cached = await api.get(image["content_url"], headers={**headers, "If-None-Match": content.headers["etag"]})
     assert cached.status_code == 304 and cached.content == b""
@@ -112,3 +112,19 @@ async def test_openapi_document_lists_routes_and_error_shape(api: httpx2.AsyncCl
         assert path in doc["paths"]
     assert "ErrorResponse" in doc["components"]["schemas"]
     assert "404" in doc["paths"]["/api/images/{image_id}"]["get"]["responses"]
+
+
+async def test_cached_copies_do_not_outlive_access(api: httpx2.AsyncClient, alice: Auth, bob: Auth) -> None:
+    """Every use revalidates, and revalidation checks the owner: no cached copy survives a delete or a new user."""
+    _, headers = alice
+    image = (await upload(api, headers, images.png(64, 64))).json()
+    for url in (image["content_url"], image["thumbnail_url"]):
+        response = await api.get(url, headers=headers)
+        cache = response.headers["cache-control"]
+        assert "no-cache" in cache and "max-age" not in cache and "immutable" not in cache, (url, cache)
+        etag = response.headers["etag"]
+        as_bob = await api.get(url, headers={**bob[1], "If-None-Match": etag})
+        assert as_bob.status_code == 404, url
+    assert (await api.delete(f"/api/images/{image['id']}", headers=headers)).status_code == 204
+    after = await api.get(image["content_url"], headers={**headers, "If-None-Match": f'"{image["sha256"]}"'})
+    assert after.status_code == 404

@@ -76,7 +76,8 @@ async def sign_out(runtime: RuntimeDep, user: CurrentUser, request: Request) -> 
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         await runtime.accounts.sign_out(token)
-    response = Response(status_code=204)
+    # The next person at this browser must not see this user's images from its cache.
+    response = Response(status_code=204, headers={"Clear-Site-Data": '"cache"'})
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
 

@@ -1,7 +1,9 @@
 """``/api/images``: upload, list, read, download, thumbnail, delete; always the caller's own images.
 
 Someone else's image answers exactly like a missing one (404 ``image_not_found``). Content is served
-with a strong ETag (the SHA-256), immutable caching (an ID's bytes never change) and Range support.
+with a strong ETag (the SHA-256), revalidation on every use and Range support. The browser may keep the bytes
+but must ask again each time (``no-cache``): a 304 is cheap, and it is answered only after the owner check, so
+nothing outlives access (a deleted image, or another user of the same browser, gets a 404, not a cached copy).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/images", tags=["images"], responses=ERROR_RESPONSES)
 
-_CACHE = "private, max-age=31536000, immutable"
+_CACHE = "private, no-cache"
 _NOSNIFF = {"X-Content-Type-Options": "nosniff"}
 
 
