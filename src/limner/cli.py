@@ -119,18 +119,25 @@ async def _local_user_id(runtime: Runtime) -> str:
     return user.id
 
 
+def _print_version(value: bool) -> None:
+    """Eager, so that ``limner --version`` answers before typer asks for a command."""
+    if value:
+        console.print(__version__)
+        raise typer.Exit()
+
+
 @app.callback()
 def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True, callback=_print_version),
+    ] = False,
 ) -> None:
     """limner: image generation and editing as tools for AI agents."""
     _state["debug"] = debug
     # One-shot commands say what matters themselves; library warnings would only repeat it.
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    if version:
-        console.print(__version__)
-        raise typer.Exit()
 
 
 @app.command()

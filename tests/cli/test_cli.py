@@ -157,3 +157,12 @@ def test_no_sandbox_notice_when_a_provider_is_configured(monkeypatch: pytest.Mon
     assert result.exit_code == 69
     assert "sandbox" not in result.output.lower()
     assert "Could not connect" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--version", "-V"])
+def test_version_exits_zero_without_a_command(flag: str) -> None:
+    from limner import __version__
+
+    result = runner.invoke(app, [flag])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == __version__
