@@ -32,7 +32,7 @@ from limner.net import FetchPolicy, create_http_client
 from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
-from limner.storage import LocalBlobStore
+from limner.storage import LocalBlobStore, make_private
 from limner.tools.base import ToolContext, ToolSpec
 from limner.tools.family import BuildContext, Family, FamilyStatus, SandboxURLs
 from limner.tools.library import library_tools
@@ -127,7 +127,7 @@ class Runtime:
         that only manage users, tokens or stored images.
         """
         async with AsyncExitStack() as stack:
-            await anyio.to_thread.run_sync(lambda: settings.data_dir.mkdir(parents=True, exist_ok=True))
+            await anyio.to_thread.run_sync(make_private, settings.data_dir)
             db = await Database.open(settings.resolved_database_url)
             stack.push_async_callback(db.dispose)
             await db.upgrade()

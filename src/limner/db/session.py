@@ -8,6 +8,7 @@ because the CLI and the server may use the same file at once.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -122,4 +123,7 @@ def sync_url(url: str) -> str:
 def _ensure_sqlite_dir(url: str) -> None:
     path = url.split("///", 1)[1] if "///" in url else ""
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # SQLite gives its -wal, -shm and -journal files the database file's mode, so a database file
+        # created private keeps every file of it private whatever the umask.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
-from limner.storage.local import LocalBlobStore
+from limner.storage.local import LocalBlobStore, make_private
 
-__all__ = ["BlobStore", "LocalBlobStore"]
+__all__ = ["BlobStore", "LocalBlobStore", "make_private"]
 
 
 class BlobStore(Protocol):

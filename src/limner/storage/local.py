@@ -139,11 +139,49 @@ class LocalBlobStore:
         return removed
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private(root: Path) -> None:
+    """Create ``root`` for limner's user alone and take group and other bits off everything inside.
+
+    Run once at start (in a thread): new files are created private whatever the umask, and this walk
+    repairs what an earlier version, a restore or a hand-copied database left readable by others.
+    """
+    make_private_dirs(root)
+    os.chmod(root, PRIVATE_DIR_MODE)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            _chmod_if_not_link(Path(dirpath, name), PRIVATE_DIR_MODE)
+        for name in filenames:
+            _chmod_if_not_link(Path(dirpath, name), PRIVATE_FILE_MODE)
+
+
+def _chmod_if_not_link(path: Path, mode: int) -> None:
+    try:
+        if not path.is_symlink():
+            os.chmod(path, mode)
+    except FileNotFoundError:  # removed while we walked
+        pass
+
+
+def make_private_dirs(path: Path) -> None:
+    """``mkdir -p`` where every folder it creates is private (``Path.mkdir`` gives only the last one the mode)."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.{time.monotonic_ns()}{_TMP_SUFFIX}")
     try:
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with open(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
