@@ -4,10 +4,12 @@ core issue, each reached through an emulator fault knob, plus the Azure URL styl
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx2
+import PIL.Image
 import pytest
 
 from limner.backends.base import EditRequest, GenerateRequest, InputImage, Progress
@@ -77,6 +79,15 @@ async def test_generation_returns_every_image_with_usage(upstream: Upstream) -> 
         "size": "1024x1536",
         "quality": "low",
     }
+
+
+async def test_gpt_image_2_transparent_background_through_the_backend(upstream: Upstream) -> None:
+    """Refused by the profile and the emulator before; OpenAI's SDK documents it for gpt-image-2."""
+    request = gen(model="gpt-image-2", background="transparent", output_format="png", size="1024x1024")
+    (output,) = await upstream.backend().generate(request, api_key=KEY)
+    image = PIL.Image.open(io.BytesIO(output.data or b""))
+    assert image.mode == "RGBA" and image.getchannel("A").getextrema()[0] < 255
+    assert upstream.emulator.requests[-1].json["background"] == "transparent"
 
 
 async def test_edit_sends_every_image_and_the_mask_as_typed_parts(upstream: Upstream) -> None:

@@ -211,7 +211,11 @@ async def test_gpt_image_2_arbitrary_sizes(client: openai.AsyncOpenAI) -> None:
         ({"model": "gpt-image-1.5", "partial_images": 4}, "integer_above_max_value", "partial_images"),
         ({"model": "gpt-image-1.5", "prompt": "x" * 32001}, "string_above_max_length", "prompt"),
         ({"model": "gpt-image-1.5", "extra_body": {"colour": "red"}}, "unknown_parameter", "colour"),
-        ({"model": "gpt-image-2", "background": "transparent"}, "invalid_value", "background"),
+        (
+            {"model": "gpt-image-2", "background": "transparent", "output_format": "jpeg"},
+            "invalid_value",
+            "background",
+        ),
     ],
 )
 async def test_generation_validation(client: openai.AsyncOpenAI, kwargs: dict[str, Any], code: str, param: str) -> None:

@@ -53,9 +53,12 @@ def test_transparency_needs_png_or_webp() -> None:
         profile.check_generate(gen("gpt-image-1.5", background="transparent", output_format="jpeg"))
 
 
-def test_gpt_image_2_offers_no_transparency() -> None:
-    with pytest.raises(UnsupportedOperationError, match="background"):
-        OPENAI_PROFILES["gpt-image-2"].check_generate(gen("gpt-image-2", background="transparent"))
+def test_gpt_image_2_takes_transparency_in_png_or_webp() -> None:
+    """OpenAI's SDK documents transparent backgrounds for gpt-image-2 (in preview)."""
+    profile = OPENAI_PROFILES["gpt-image-2"]
+    profile.check_generate(gen("gpt-image-2", background="transparent", output_format="png"))
+    with pytest.raises(UnsupportedOperationError, match="png or webp"):
+        profile.check_generate(gen("gpt-image-2", background="transparent", output_format="jpeg"))
 
 
 def test_edit_input_limits() -> None:

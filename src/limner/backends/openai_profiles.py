@@ -22,9 +22,9 @@ _GPT_IMAGE_2 = replace(
     name="gpt-image-2",
     status="available",
     size_rule=SizeRule(),
-    backgrounds=("auto", "opaque"),
+    backgrounds=("auto", "opaque", "transparent"),
     input_fidelities=(),
-    notes=("transparent backgrounds are in preview and not offered",),
+    notes=("transparent backgrounds are in preview (OpenAI's SDK documents them for gpt-image-2)",),
 )
 _GPT_IMAGE_25 = replace(
     _GPT_IMAGE_2,

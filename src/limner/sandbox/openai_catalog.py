@@ -103,8 +103,7 @@ CAPABILITIES: dict[Family, Capabilities] = {
         default_size="auto",
         qualities=tuple(GPT_QUALITIES),
         is_gpt=True,
-        arbitrary_sizes=True,
-        supports_transparency=False,
+        arbitrary_sizes=True,  # transparent backgrounds: "in preview" (the SDK's docstring), accepted
     ),
     Family.GPT_IMAGE_25: Capabilities(
         endpoints=_GPT_ENDPOINTS,
