@@ -7,8 +7,9 @@ credentials fails later in a way nobody can trace back to the file. Keys that on
 UI are accepted and ignored. The environment is an explicit parameter: nothing here reads
 ``os.environ``.
 
-Differences from LibreChat, on purpose: ``timeout`` and ``initTimeout`` are seconds (LibreChat: ms;
-values over an hour are refused with a hint, since they almost always are milliseconds), a missing
+``timeout`` and ``initTimeout`` are milliseconds, as in LibreChat, so a ``librechat.yaml`` works unchanged;
+values under a second are refused with a hint (they almost always are seconds written for milliseconds),
+and so are values over an hour. Differences from LibreChat, on purpose: a missing
 ``${VAR}`` is an error rather than an empty string, and a ``type``-less ``url`` is Streamable HTTP
 unless its path ends in ``/sse``.
 """
@@ -161,8 +162,8 @@ class _ServerParser:
         self._check_keys(entry)
         transport = self._transport(entry)
         common: dict[str, Any] = {
-            "timeout": self._seconds(entry, "timeout", DEFAULT_TIMEOUT),
-            "init_timeout": self._seconds(entry, "initTimeout", DEFAULT_INIT_TIMEOUT),
+            "timeout": self._milliseconds_as_seconds(entry, "timeout", DEFAULT_TIMEOUT),
+            "init_timeout": self._milliseconds_as_seconds(entry, "initTimeout", DEFAULT_INIT_TIMEOUT),
             "allowed_paths": self._paths(entry),
         }
         if transport == "stdio":
@@ -280,17 +281,22 @@ class _ServerParser:
             result[name] = self._scalar(item, f"{key}.{name}")
         return result
 
-    def _seconds(self, entry: Mapping[Any, Any], key: str, default: float) -> float:
-        value = entry.get(key, default)
+    def _milliseconds_as_seconds(self, entry: Mapping[Any, Any], key: str, default: float) -> float:
+        """LibreChat's unit for its own keys: milliseconds in the file, seconds inside limner."""
+        if key not in entry:
+            return default
+        value = entry[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.error(key, f"must be a positive number of seconds, not {value!r}")
-        if value > _MAX_TIMEOUT:
+            raise self.error(key, f"must be a positive number of milliseconds, not {value!r}")
+        if value < 1000:
             raise self.error(
                 key,
-                f"is {value:g} seconds, more than an hour",
-                "limner reads it in seconds (LibreChat uses milliseconds): divide by 1000.",
+                f"is {value:g} milliseconds, less than a second",
+                f"It is in milliseconds, as in LibreChat: for {value:g} seconds write {value * 1000:g}.",
             )
-        return float(value)
+        if value > _MAX_TIMEOUT * 1000:
+            raise self.error(key, f"is {value:g} milliseconds, more than an hour", "Use at most 3600000 (an hour).")
+        return float(value) / 1000
 
     def _paths(self, entry: Mapping[Any, Any]) -> tuple[PurePath, ...]:
         paths = []

@@ -536,8 +536,8 @@ mcpServers:
     args: ["-m", "server", 3]
     env:
       API_KEY: "${SECRET_KEY}"
-    timeout: 90
-    initTimeout: 15
+    timeout: 90000
+    initTimeout: 15000
     iconPath: /icons/x.svg
   remote:
     type: streamable-http
@@ -581,7 +581,8 @@ def test_load_config_with_variables(tmp_path: Path) -> None:
         ({"command": "x", "comand": "y"}, "field 'comand' is not a setting limner knows"),
         ({"type": "websocket", "url": "ws://x"}, "field 'type' is websocket"),
         ({"type": "stdio"}, "field 'command' is missing"),
-        ({"command": "x", "timeout": 60000}, "field 'timeout' is 60000 seconds"),
+        ({"command": "x", "timeout": 60}, "field 'timeout' is 60 milliseconds, less than a second"),
+        ({"command": "x", "timeout": 7_200_000}, "field 'timeout' is 7.2e+06 milliseconds, more than an hour"),
         ({"command": "x", "timeout": "soon"}, "field 'timeout' must be a positive number"),
         ({"command": "x", "url": "https://x"}, "field 'type' is missing while both command and url are set"),
         ({"type": "sse", "url": "ftp://x/sse"}, "field 'url' must start with http"),
@@ -612,8 +613,14 @@ def test_config_file_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="not valid YAML"):
         load_mcp_config(path, {})
     with pytest.raises(ConfigurationError) as raised:
-        parse_mcp_servers({"x": {"command": "a", "timeout": 60000}}, {})
-    assert "divide by 1000" in (raised.value.hint or "")
+        parse_mcp_servers({"x": {"command": "a", "timeout": 60}}, {})
+    assert "write 60000" in (raised.value.hint or "")
+
+
+def test_librechat_timeouts_are_milliseconds() -> None:
+    """A real librechat.yaml says timeout: 60000 and initTimeout: 10000 (ms) and must load as it is."""
+    servers = parse_mcp_servers({"x": {"command": "a", "timeout": 60000, "initTimeout": 10000}}, {})
+    assert (servers["x"].timeout, servers["x"].init_timeout) == (60.0, 10.0)
 
 
 # --- names ---------------------------------------------------------------------------------------

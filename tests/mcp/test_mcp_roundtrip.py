@@ -18,7 +18,7 @@ async def test_limner_client_uses_limner_server_and_stores_the_image(tmp_path: P
                 "command": sys.executable,
                 "args": ["-m", "limner", "mcp"],
                 "env": {"LIMNER_DATA_DIR": str(tmp_path / "server-data"), "LIMNER_SANDBOX": "on"},
-                "timeout": 60,
+                "timeout": 60000,
             }
         }
     }
