@@ -30,7 +30,14 @@ __all__ = [
 ]
 
 ACCEPTED_MEDIA_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif")
-_PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+_PIL_FORMATS = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    # Multi-Picture JPEG (phone photos, gain-map HDR photos): a JPEG whose first picture every viewer shows.
+    "MPO": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+}
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 _ORIENTATION_TAG = 0x0112
 

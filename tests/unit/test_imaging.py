@@ -86,3 +86,33 @@ def test_structural_check_of_provider_png_still_catches_damage() -> None:
             validate_image_sync(damaged, thorough=False, **LIMITS)
     with pytest.raises(ImageTooLargeError):
         validate_image_sync(images.decompression_bomb(20_000), thorough=False, **LIMITS)
+
+
+def _mpo(width: int = 48, height: int = 32) -> bytes:
+    """A Multi-Picture JPEG as phones write them: two pictures, the first one shown everywhere."""
+    import io
+
+    from PIL import Image
+
+    first = Image.new("RGB", (width, height), (200, 40, 40))
+    second = Image.new("RGB", (width, height), (40, 40, 200))
+    out = io.BytesIO()
+    first.save(out, format="MPO", save_all=True, append_images=[second])
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("thorough", [True, False])
+def test_mpo_phone_photo_is_accepted_as_jpeg(thorough: bool) -> None:
+    from PIL import Image
+
+    data = _mpo()
+    with Image.open(__import__("io").BytesIO(data)) as im:
+        assert im.format == "MPO" and getattr(im, "n_frames", 1) == 2  # really a multi-picture file
+    info = validate_image_sync(data, max_bytes=10_000_000, max_pixels=10_000_000, thorough=thorough)
+    assert (info.media_type, info.width, info.height) == ("image/jpeg", 48, 32)
+    assert info.data == data
+
+
+async def test_mpo_thumbnail_shows_the_first_picture() -> None:
+    thumb = await make_thumbnail(_mpo(), 16)
+    assert images.size_of(thumb) == (16, 11)
