@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Coroutine
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -20,8 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from limner import __version__
+from limner.accounts import check_credentials
 from limner.config import Settings, load_settings
-from limner.db.repositories import UserRepository
+from limner.db.models import ApiToken, User, utcnow
+from limner.db.repositories import UserRepository, normalize_name
 from limner.errors import (
     ConfigurationError,
     ImageNotFoundError,
@@ -29,6 +33,7 @@ from limner.errors import (
     LimnerError,
     ProviderError,
     StorageError,
+    TokenNotFoundError,
 )
 from limner.ids import new_api_token
 from limner.imaging import extension_for
@@ -450,38 +455,148 @@ def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs
 
 @users_app.command("create")
 def users_create(
-    name: Annotated[str, typer.Argument(help="Unique user name.")],
+    name: Annotated[str, typer.Argument(help="Unique user name (case-insensitive).")],
     admin: Annotated[bool, typer.Option(help="Make the user an administrator.")] = False,
+    password: Annotated[
+        bool, typer.Option("--password", help="Ask for a password, so the user can sign in to the web UI.")
+    ] = False,
 ) -> None:
-    """Create a user."""
+    """Create a user; with --password they can sign in (the first such account becomes the administrator)."""
+    secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
 
-    async def work(runtime: Runtime) -> str:
-        async with runtime.db.unit_of_work() as session:
+    async def work(runtime: Runtime) -> User:
+        if secret is not None:
+            check_credentials(name, secret)
+        hashed = await runtime.accounts.hash_password(secret) if secret is not None else None
+        async with runtime.db.unit_of_work(write=True) as session:
             repo = UserRepository(session)
             if await repo.by_name(name) is not None:
-                raise InputError(f"A user named {name!r} already exists.")
-            return (await repo.create(name, is_admin=admin)).id
+                raise InputError(f"A user named {normalize_name(name)!r} already exists.", hint=_USERS_HINT)
+            first = hashed is not None and not await repo.has_sign_in_account()
+            return await repo.create(name, is_admin=admin or first, password_hash=hashed)
 
-    console.print(f"created user {name} ({_with_runtime(work)})")
+    user = _with_runtime(work, with_tools=False)
+    role = " (administrator)" if user.is_admin else ""
+    console.print(f"created user {user.name}{role} ({user.id})", soft_wrap=True)
+
+
+_USERS_HINT = "`limner users list` shows every user."
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Every user: name, ID, whether they are an administrator and whether they can sign in."""
+
+    async def work(runtime: Runtime) -> list[User]:
+        async with runtime.db.unit_of_work() as session:
+            return await UserRepository(session).all()
+
+    table = Table("name", "id", "admin", "can sign in")
+    for user in _with_runtime(work, with_tools=False):
+        table.add_row(user.name, user.id, "yes" if user.is_admin else "", "yes" if user.password_hash else "")
+    console.print(table)
+
+
+@users_app.command("admin")
+def users_admin(
+    name: Annotated[str, typer.Argument(help="The user's name.")],
+    revoke: Annotated[bool, typer.Option("--revoke", help="Take the administrator role away instead.")] = False,
+) -> None:
+    """Make a user an administrator (or, with --revoke, no longer one)."""
+
+    async def work(runtime: Runtime) -> User:
+        async with runtime.db.unit_of_work(write=True) as session:
+            user = await UserRepository(session).by_name(name)
+            if user is None:
+                raise InputError(f"No user is named {normalize_name(name)!r}.", hint=_USERS_HINT)
+            user.is_admin = not revoke
+            return user
+
+    user = _with_runtime(work, with_tools=False)
+    console.print(f"{user.name} is {'no longer ' if revoke else ''}an administrator", soft_wrap=True)
+
+
+def _duration(text: str) -> timedelta:
+    """``30d``, ``12h``, ``2w`` or a bare number of days."""
+    match = re.fullmatch(r"\s*(\d+)\s*([dhw]?)\s*", text.lower())
+    if match is None or int(match.group(1)) == 0:
+        raise typer.BadParameter(f"{text!r} is not a duration; use e.g. 30d, 12h, 2w or a number of days.")
+    unit = {"": "days", "d": "days", "h": "hours", "w": "weeks"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
 
 
 @tokens_app.command("create")
 def tokens_create(
     user: Annotated[str, typer.Option("--user", help="User the token acts as (created if missing).")],
     name: Annotated[str, typer.Option(help="A label for the token.")] = "",
+    expires_in: Annotated[
+        str | None, typer.Option("--expires-in", help="Lifetime, e.g. 30d, 12h, 2w or days; default: never expires.")
+    ] = None,
 ) -> None:
     """Create an API token; it is printed once, as the last word of the output."""
+    lifetime = _duration(expires_in) if expires_in is not None else None
 
-    async def work(runtime: Runtime) -> str:
+    async def work(runtime: Runtime) -> tuple[str, str]:
         token = new_api_token()
-        async with runtime.db.unit_of_work() as session:
+        expires_at = utcnow() + lifetime if lifetime is not None else None
+        async with runtime.db.unit_of_work(write=True) as session:
             repo = UserRepository(session)
             owner = await repo.get_or_create(user)
-            await repo.add_token(owner, token, name)
-        return token
+            await repo.add_token(owner, token, name, expires_at=expires_at)
+        return owner.name, token
 
-    token = _with_runtime(work)
-    console.print(f"API token for {user} (shown only now): {token}", soft_wrap=True)
+    owner_name, token = _with_runtime(work, with_tools=False)
+    console.print(f"API token for {owner_name} (shown only now): {token}", soft_wrap=True)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else ""
+
+
+@tokens_app.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens; default: everyone's.")] = None,
+) -> None:
+    """API tokens: ID, user, name, first characters, created, last used, expiry (never the secret)."""
+
+    async def work(runtime: Runtime) -> list[tuple[ApiToken, str]]:
+        async with runtime.db.unit_of_work() as session:
+            rows = await UserRepository(session).all_tokens_for_operator()
+        return [row for row in rows if user is None or row[1] == normalize_name(user)]
+
+    rows = _with_runtime(work, with_tools=False)
+    table = Table("id", "user", "name", "prefix", "created", "last used", "expires")
+    table.columns[0].no_wrap = True  # IDs are for copying into `limner tokens revoke`: never cut them
+    table.columns[0].min_width = max((len(token.id) for token, _ in rows), default=2)
+    now = utcnow()
+    for token, owner in rows:
+        expires = _when(token.expires_at)
+        if token.expires_at is not None and token.expires_at <= now:
+            expires += " (expired)"
+        prefix = f"{token.prefix}…" if token.prefix else ""
+        table.add_row(token.id, owner, token.name, prefix, _when(token.created_at), _when(token.last_used_at), expires)
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_ids: Annotated[list[str], typer.Argument(help="Token IDs (from `limner tokens list`).")],
+) -> None:
+    """Delete API tokens; a running server stops accepting them within 30 seconds."""
+
+    async def work(runtime: Runtime) -> list[str]:
+        async with runtime.db.unit_of_work(write=True) as session:
+            repo = UserRepository(session)
+            missing = [token_id for token_id in token_ids if await repo.revoke_token_for_operator(token_id) is None]
+            if missing:
+                raise TokenNotFoundError(
+                    f"No API token with ID {', '.join(missing)} was found; nothing was revoked.",
+                    hint="`limner tokens list` shows the IDs.",
+                )
+        return token_ids
+
+    for token_id in _with_runtime(work):
+        console.print(f"revoked {token_id}")
 
 
 @db_app.command("upgrade")

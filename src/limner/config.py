@@ -195,6 +195,16 @@ class Settings(BaseSettings):
     """Whether anyone may sign up in the web UI (the first user becomes the administrator)."""
     session_days: int = Field(14, ge=1, le=365, validation_alias=_env("LIMNER_SESSION_DAYS"))
     """How long a browser session lasts."""
+    signin_max_failures: int = Field(10, ge=1, validation_alias=_env("LIMNER_SIGNIN_MAX_FAILURES"))
+    """Failed sign-ins for one account name within `LIMNER_SIGNIN_WINDOW` before that name is refused (429)."""
+    signin_max_failures_per_address: int = Field(
+        50, ge=1, validation_alias=_env("LIMNER_SIGNIN_MAX_FAILURES_PER_ADDRESS")
+    )
+    """Failed sign-ins from one client address within `LIMNER_SIGNIN_WINDOW` before that address is refused."""
+    signin_window: float = Field(900.0, gt=0, validation_alias=_env("LIMNER_SIGNIN_WINDOW"))
+    """Seconds a failed sign-in counts against its name and address."""
+    password_hash_concurrency: int = Field(2, ge=1, le=64, validation_alias=_env("LIMNER_PASSWORD_HASH_CONCURRENCY"))
+    """How many password hashes (Argon2, CPU- and memory-heavy) may run at once; the rest queue."""
 
     # --- MCP ----------------------------------------------------------------------------------
     mcp_config: Path | None = Field(None, validation_alias=_env("LIMNER_MCP_CONFIG"))

@@ -8,12 +8,14 @@ LimnerError                         .message (safe to show)  .hint (what to do) 
 ├── AccessError                     who is asking, not what: sign-in, registration, CSRF
 │   ├── SignInFailedError           wrong name or password (one answer for both)
 │   ├── RegistrationClosedError     the operator closed sign-up
+│   ├── TooManyAttemptsError        sign-in throttled (per account name, per client address)
 │   └── CSRFError                   a cookie-authenticated change without the CSRF token
 ├── InputError                      the request cannot be served as asked
 │   ├── ImageNotFoundError          unknown or not owned: one message, one status
 │   ├── ToolNotFoundError           no tool by that name
 │   ├── ConversationNotFoundError   unknown or not owned, like images
 │   ├── AgentNotFoundError          unknown or not owned
+│   ├── TokenNotFoundError          unknown or not the caller's API token
 │   ├── TurnInProgressError         a conversation answers one message at a time
 │   ├── UnknownProviderError        no provider by that name takes a key
 │   ├── UnsupportedImageError       content is not an accepted image
@@ -64,6 +66,8 @@ __all__ = [
     "SignInFailedError",
     "StorageError",
     "StoredKeyUnreadableError",
+    "TokenNotFoundError",
+    "TooManyAttemptsError",
     "ToolNotFoundError",
     "TurnInProgressError",
     "UnknownProviderError",
@@ -139,6 +143,16 @@ class RegistrationClosedError(AccessError):
     code = "registration_closed"
 
 
+class TooManyAttemptsError(AccessError):
+    """Too many failed sign-ins for an account name or from one address; ``retry_after`` in seconds."""
+
+    code = "too_many_attempts"
+
+    def __init__(self, message: str, *, hint: str | None = None, retry_after: float) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
 class CSRFError(AccessError):
     """A change requested with the session cookie but without the matching CSRF token."""
 
@@ -180,6 +194,12 @@ class AgentNotFoundError(InputError):
     """Unknown or someone else's agent."""
 
     code = "agent_not_found"
+
+
+class TokenNotFoundError(InputError):
+    """An API token ID that does not exist or belongs to someone else (one answer for both)."""
+
+    code = "token_not_found"
 
 
 class TurnInProgressError(InputError):

@@ -26,6 +26,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 import anyio.to_thread
@@ -392,8 +393,8 @@ class TokenCacheLike(Protocol):
         """The cached user of a token, if fresh."""
         ...
 
-    def put(self, token: str, user: User) -> None:
-        """Remember a verified token."""
+    def put(self, token: str, user: User, *, expires_at: datetime | None = None) -> None:
+        """Remember a verified token (not past its expiry)."""
         ...
 
 
@@ -471,9 +472,12 @@ class MCPHTTPApp:
         if cached is not None:
             return cached
         async with runtime.db.unit_of_work() as session:
-            user = await UserRepository(session).by_token(token)
-        if user is not None and self.token_cache is not None:
-            self.token_cache.put(token, user)
+            found = await UserRepository(session).verify_token(token)
+        if found is None:
+            return None
+        user, row = found
+        if self.token_cache is not None:
+            self.token_cache.put(token, user, expires_at=row.expires_at)
         return user
 
 

@@ -86,7 +86,7 @@ class Runtime:
             allowed_models=settings.allowed_chat_models,
             families=lambda: [f for f in self.families if not f.startswith("mcp:")] + ["library"],
         )
-        self.accounts = Accounts(db, allow_registration=settings.allow_registration, session_days=settings.session_days)
+        self.accounts = Accounts.from_settings(db, settings)
         self.running_turns: dict[str, asyncio.Task[Any]] = {}
         """Conversation ID to the task answering it, so a client can ask to stop."""
 
@@ -149,6 +149,7 @@ class Runtime:
             runtime = cls(
                 settings=settings, db=db, library=library, keyring=keyring, families=families, sandbox=sandbox
             )
+            await stack.enter_async_context(runtime.accounts.sweeping())  # expired sessions and tokens
             if with_tools:
                 runtime.chat_client = await _http_client(settings, stack, sandbox=sandbox is not None and sandbox.chat)
             yield runtime

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from limner import __version__
 from limner.api.deps import TokenCache
 from limner.api.errors import error_body, install_error_handlers
-from limner.api.routes import auth, conversations, health, images, keys, tools
+from limner.api.routes import auth, conversations, health, images, keys, tokens, tools
 from limner.config import Settings
 from limner.mcp_server import MCPHTTPApp
 from limner.runtime import Runtime
@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         app.state.runtime = runtime
     app.state.token_cache = token_cache
     install_error_handlers(app)
-    for module in (health, auth, images, tools, keys, conversations):
+    for module in (health, auth, images, tools, keys, conversations, tokens):
         app.include_router(module.router)
     app.include_router(conversations.agents_router)
     app.include_router(web.router)  # the chat web UI: / and /signin

@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 import time
 from collections import OrderedDict
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from limner.db.models import User
+from limner.db.models import User, utcnow
 from limner.db.repositories import UserRepository
 from limner.errors import CSRFError
 from limner.ids import hash_token
@@ -24,8 +25,9 @@ _bearer = HTTPBearer(auto_error=False, description="An API token from `limner to
 class TokenCache:
     """Recently seen tokens, so that a burst of requests (a grid of thumbnails) costs one query.
 
-    Entries live ``ttl`` seconds: a token deleted from the database by another process stops working
-    within that time. Keys are token hashes, never tokens.
+    Entries live ``ttl`` seconds, never past the token's own expiry: a token deleted from the database by
+    another process (``limner tokens revoke``) stops working within that time; one revoked through this
+    process's API is forgotten at once (:meth:`forget`). Keys are token hashes, never tokens.
     """
 
     def __init__(self, ttl: float = 30.0, size: int = 1024) -> None:
@@ -43,11 +45,16 @@ class TokenCache:
         self._entries.move_to_end(key)
         return entry[1]
 
-    def put(self, token: str, user: User) -> None:
-        """Remember a verified token."""
-        self._entries[hash_token(token)] = (time.monotonic() + self.ttl, user)
+    def put(self, token: str, user: User, *, expires_at: datetime | None = None) -> None:
+        """Remember a verified token (until ``ttl`` from now or its expiry, whichever comes first)."""
+        ttl = self.ttl if expires_at is None else min(self.ttl, (expires_at - utcnow()).total_seconds())
+        self._entries[hash_token(token)] = (time.monotonic() + ttl, user)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
+
+    def forget(self, token_hash: str) -> None:
+        """Drop a revoked token, by its stored hash."""
+        self._entries.pop(token_hash, None)
 
 
 async def get_runtime(request: Request) -> Runtime:
@@ -100,10 +107,11 @@ async def current_user(
     if user is not None:
         return user
     async with runtime.db.unit_of_work() as session:
-        user = await UserRepository(session).by_token(credentials.credentials)
-    if user is None:
+        found = await UserRepository(session).verify_token(credentials.credentials)
+    if found is None:
         raise HTTPException(401, "The API token is not valid.", headers={"WWW-Authenticate": "Bearer"})
-    cache.put(credentials.credentials, user)
+    user, row = found
+    cache.put(credentials.credentials, user, expires_at=row.expires_at)
     return user
 
 

@@ -7,6 +7,7 @@ a 502, never a 401: a 401 from limner means the caller's own token is wrong and 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -32,7 +33,9 @@ from limner.errors import (
     SignInFailedError,
     StorageError,
     StoredKeyUnreadableError,
+    TokenNotFoundError,
     ToolNotFoundError,
+    TooManyAttemptsError,
     TurnInProgressError,
     UnknownProviderError,
     UnsupportedImageError,
@@ -45,11 +48,13 @@ log = logging.getLogger(__name__)
 # Most specific first: the first matching class decides.
 STATUS_TABLE: tuple[tuple[type[LimnerError], int], ...] = (
     (SignInFailedError, 401),
+    (TooManyAttemptsError, 429),
     (AccessError, 403),
     (ImageNotFoundError, 404),
     (ToolNotFoundError, 404),
     (ConversationNotFoundError, 404),
     (AgentNotFoundError, 404),
+    (TokenNotFoundError, 404),
     (TurnInProgressError, 409),
     (UnknownProviderError, 404),
     (ImageTooLargeError, 413),
@@ -75,7 +80,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (413, "Image too large"),
         (415, "Not an accepted image"),
         (422, "Malformed request body, or refused by the provider's content policy"),
-        (429, "The provider is rate limiting"),
+        (429, "Too many failed sign-ins (see Retry-After), or the provider is rate limiting"),
         (500, "Storage or internal failure"),
         (502, "The provider failed (rejected key, quota, bad answer)"),
         (503, "Not configured, or the provider is unavailable"),
@@ -108,6 +113,8 @@ async def _limner_error(_request: Request, exc: Exception) -> JSONResponse:
     headers = {}
     if isinstance(exc, ProviderError) and exc.retry_after:
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    if isinstance(exc, TooManyAttemptsError):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))  # never early: it would be refused
     if status >= 500 and not isinstance(exc, ProviderError | ConfigurationError):
         log.error("request failed: %s", exc.code, exc_info=exc)
     return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)

@@ -54,7 +54,11 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """A person or the CLI's local user; owns images, tokens and credentials."""
+    """A person or the CLI's local user; owns images, tokens and credentials.
+
+    ``name`` is stored lower-cased (:func:`limner.db.repositories.normalize_name`): names are
+    case-insensitive, so ``Alice`` and ``alice`` are one account.
+    """
 
     __tablename__ = "users"
 
@@ -66,7 +70,7 @@ class User(Base):
 
 
 class ApiToken(Base):
-    """A bearer token; only the SHA-256 of the token is stored."""
+    """A bearer token; only the SHA-256 of the token is stored, with its first characters to recognise it."""
 
     __tablename__ = "api_tokens"
 
@@ -76,6 +80,8 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+    expires_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    prefix: Mapped[str | None] = mapped_column(String(16), default=None)
 
 
 class Image(Base):
@@ -188,4 +194,4 @@ class WebSession(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -2,8 +2,11 @@
 
 There is deliberately no method that fetches an image, a credential or a token by ID alone: the owner
 is part of the repository, so forgetting the ownership check is not possible. The few global queries
-(blob reference counts for the sweep, token lookup at sign-in) return no user data beyond what their
-caller needs, and are named for that purpose.
+(blob reference counts for the sweep, token lookup at sign-in, the operator's token list in the CLI)
+return no user data beyond what their caller needs, and are named for that purpose.
+
+User names are case-insensitive: :func:`normalize_name` is applied by every method that takes a name,
+so sign-up, sign-in and the CLI cannot disagree.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from limner.db.models import (
     Image,
     ImageParent,
     User,
+    WebSession,
     utcnow,
 )
 from limner.ids import hash_token, new_row_id, new_user_id
 
 _TOKEN_TOUCH_INTERVAL = timedelta(minutes=1)
+_PREFIX_LENGTH = 10  # "lm_" and 7 random characters: enough to recognise a token, far too few to guess it
 
 __all__ = [
     "AgentRepository",
@@ -35,8 +40,16 @@ __all__ = [
     "CredentialRepository",
     "ImageRepository",
     "StorageKeyRepository",
+    "TokenRepository",
     "UserRepository",
+    "normalize_name",
+    "sweep_expired",
 ]
+
+
+def normalize_name(name: str) -> str:
+    """The stored form of a user name: surrounding space removed, lower-cased (names are case-insensitive)."""
+    return name.strip().lower()
 
 
 class ImageRepository:
@@ -115,18 +128,19 @@ class StorageKeyRepository:
 
 
 class UserRepository:
-    """Users and their API tokens."""
+    """Users, and the lookup of a bearer token's user."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
     async def by_name(self, name: str) -> User | None:
-        """A user by unique name."""
-        return (await self.session.execute(select(User).where(User.name == name))).scalar_one_or_none()
+        """A user by name (case-insensitive)."""
+        stmt = select(User).where(User.name == normalize_name(name))
+        return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def create(self, name: str, *, is_admin: bool = False, password_hash: str | None = None) -> User:
         """A new user; the name must be free (the unique constraint enforces it)."""
-        user = User(id=new_user_id(), name=name, is_admin=is_admin, password_hash=password_hash)
+        user = User(id=new_user_id(), name=normalize_name(name), is_admin=is_admin, password_hash=password_hash)
         self.session.add(user)
         await self.session.flush()
         return user
@@ -135,28 +149,105 @@ class UserRepository:
         """The CLI's local user appears on first use."""
         return await self.by_name(name) or await self.create(name)
 
-    async def add_token(self, user: User, token: str, name: str = "") -> ApiToken:
-        """Store a token's hash; the token itself is only ever shown once, by the caller."""
-        row = ApiToken(id=new_row_id("tok"), user_id=user.id, name=name, token_hash=hash_token(token))
-        self.session.add(row)
-        await self.session.flush()
-        return row
+    async def all(self) -> list[User]:
+        """Every user, by name (for the operator's CLI)."""
+        return list((await self.session.execute(select(User).order_by(User.name))).scalars())
 
-    async def by_token(self, token: str) -> User | None:
-        """The user a bearer token belongs to (one query), noting when it was last used."""
+    async def has_sign_in_account(self) -> bool:
+        """Whether any account can sign in (has a password): the first such account becomes the administrator."""
+        stmt = select(func.count()).select_from(User).where(User.password_hash.is_not(None))
+        return int((await self.session.execute(stmt)).scalar_one()) > 0
+
+    async def add_token(
+        self, user: User, token: str, name: str = "", *, expires_at: datetime | None = None
+    ) -> ApiToken:
+        """Store a token's hash and prefix; the token itself is only ever shown once, by the caller."""
+        return await TokenRepository(self.session, user.id).add(token, name, expires_at=expires_at)
+
+    async def verify_token(self, token: str) -> tuple[User, ApiToken] | None:
+        """The user and row of a live (unexpired) bearer token (one query), noting when it was last used."""
+        now = utcnow()
         stmt = (
             select(User, ApiToken)
             .join(ApiToken, ApiToken.user_id == User.id)
-            .where(ApiToken.token_hash == hash_token(token))
+            .where(
+                ApiToken.token_hash == hash_token(token),
+                (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > now),
+            )
         )
         row = (await self.session.execute(stmt)).one_or_none()
         if row is None:
             return None
         user, api_token = row
-        now = utcnow()
         if api_token.last_used_at is None or now - api_token.last_used_at > _TOKEN_TOUCH_INTERVAL:
             api_token.last_used_at = now  # at most once a minute: reads must not all become writes
-        return user
+        return user, api_token
+
+    async def by_token(self, token: str) -> User | None:
+        """The user a live bearer token belongs to."""
+        found = await self.verify_token(token)
+        return None if found is None else found[0]
+
+    async def all_tokens_for_operator(self) -> list[tuple[ApiToken, str]]:
+        """Every token row with its user's name, newest first: the CLI operator's view (no secrets in rows)."""
+        stmt = select(ApiToken, User.name).join(User, User.id == ApiToken.user_id).order_by(ApiToken.created_at.desc())
+        return [(token, name) for token, name in (await self.session.execute(stmt)).all()]
+
+    async def revoke_token_for_operator(self, token_id: str) -> ApiToken | None:
+        """Delete any user's token by ID (the CLI operator's revoke); the deleted row, or None."""
+        row = (await self.session.execute(select(ApiToken).where(ApiToken.id == token_id))).scalar_one_or_none()
+        if row is not None:
+            await self.session.delete(row)
+            await self.session.flush()
+        return row
+
+
+class TokenRepository:
+    """One user's API tokens."""
+
+    def __init__(self, session: AsyncSession, user_id: str) -> None:
+        self.session = session
+        self.user_id = user_id
+
+    def _base(self) -> Select[ApiToken]:
+        return select(ApiToken).where(ApiToken.user_id == self.user_id)
+
+    async def add(self, token: str, name: str = "", *, expires_at: datetime | None = None) -> ApiToken:
+        """Store a token's hash and its first characters."""
+        row = ApiToken(
+            id=new_row_id("tok"),
+            user_id=self.user_id,
+            name=name,
+            token_hash=hash_token(token),
+            prefix=token[:_PREFIX_LENGTH],
+            expires_at=expires_at,
+        )
+        self.session.add(row)
+        await self.session.flush()
+        return row
+
+    async def all(self) -> list[ApiToken]:
+        """The user's tokens, newest first (expired ones too, until the sweep removes them)."""
+        return list((await self.session.execute(self._base().order_by(ApiToken.created_at.desc()))).scalars())
+
+    async def revoke(self, token_id: str) -> ApiToken | None:
+        """Delete one of the user's tokens; the deleted row (its hash evicts caches), or None if not theirs."""
+        row = (await self.session.execute(self._base().where(ApiToken.id == token_id))).scalar_one_or_none()
+        if row is not None:
+            await self.session.delete(row)
+            await self.session.flush()
+        return row
+
+
+async def sweep_expired(session: AsyncSession) -> tuple[int, int]:
+    """Delete expired browser sessions and API tokens of every user: (sessions, tokens) removed.
+
+    Global on purpose: it reads nothing and only removes rows that no request can use any more.
+    """
+    now = utcnow()
+    sessions = await session.execute(delete(WebSession).where(WebSession.expires_at <= now))
+    tokens = await session.execute(delete(ApiToken).where(ApiToken.expires_at.is_not(None), ApiToken.expires_at <= now))
+    return int(getattr(sessions, "rowcount", 0) or 0), int(getattr(tokens, "rowcount", 0) or 0)
 
 
 class CredentialRepository:

@@ -56,7 +56,9 @@ def _answer(signed: SignedIn, request: Request, response: Response, registration
     return SessionOut(user=user, csrf_token=signed.csrf_token, registration_open=registration_open)
 
 
-@router.post("/signup", status_code=201, summary="Create an account and sign in (the first one is the admin).")
+@router.post(
+    "/signup", status_code=201, summary="Create an account and sign in (the first one with a password is the admin)."
+)
 async def sign_up(runtime: RuntimeDep, body: Credentials, request: Request, response: Response) -> SessionOut:
     """403 registration_closed when the operator closed sign-up."""
     signed = await runtime.accounts.sign_up(body.name, body.password)
@@ -65,8 +67,11 @@ async def sign_up(runtime: RuntimeDep, body: Credentials, request: Request, resp
 
 @router.post("/signin", summary="Sign in with a name and a password.")
 async def sign_in(runtime: RuntimeDep, body: Credentials, request: Request, response: Response) -> SessionOut:
-    """401 sign_in_failed for a wrong name or password (the same answer for both)."""
-    signed = await runtime.accounts.sign_in(body.name, body.password)
+    """401 sign_in_failed for a wrong name or password (the same answer for both); 429 too_many_attempts with
+    Retry-After after too many failures for the name or from the client's address. Names are case-insensitive.
+    """
+    address = request.client.host if request.client else None
+    signed = await runtime.accounts.sign_in(body.name, body.password, address=address)
     return _answer(signed, request, response, runtime.accounts.allow_registration)
 
 
