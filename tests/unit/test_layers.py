@@ -28,6 +28,7 @@ LAYERS: dict[str, int] = {
     "tools": 3,
     "runtime": 4,
     "cli": 4,
+    "cli_output": 4,
     "api": 4,
     "web": 4,
     "mcp_server": 4,
