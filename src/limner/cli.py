@@ -1,17 +1,20 @@
 """The ``limner`` command line: serve, the sandbox, generate and edit, images, users, tokens, database.
 
 Without a server the commands work directly on the local data dir as the local user
-(``LIMNER_LOCAL_USER``), opening the same Runtime as the server, emulators included when no provider is
-configured. Errors print their message and hint and exit with the code of their class
-(see :data:`EXIT_CODES`); nothing prints a traceback unless ``--debug`` is given.
+(``LIMNER_LOCAL_USER``), or as ``--user NAME``, opening the same Runtime as the server, emulators included
+when no provider is configured. Errors print their message and hint (the CLI's own hint for some codes,
+see :mod:`limner.cli_output`) and exit with the code of their class (see :data:`EXIT_CODES`); nothing
+prints a traceback unless ``--debug`` is given. Results go to stdout unwrapped; progress goes to stderr.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import re
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,13 +23,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from limner import __version__
 from limner.accounts import check_credentials
+from limner.cli_output import ProgressReporter, cli_hint, images_document, tsv_line
 from limner.config import Settings, load_settings
 from limner.db.models import ApiToken, User, utcnow
 from limner.db.repositories import UserRepository, normalize_name
 from limner.errors import (
+    AddressInUseError,
     ConfigurationError,
     ImageNotFoundError,
     InputError,
@@ -49,14 +55,16 @@ T = TypeVar("T")
 EXIT_CODES: tuple[tuple[type[LimnerError], int], ...] = (
     (ImageNotFoundError, 66),
     (InputError, 65),
+    (AddressInUseError, 75),
     (ConfigurationError, 78),
     (ProviderError, 69),
     (StorageError, 74),
     (LimnerError, 70),
 )
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line is never broken at the console's width (80 in a pipe), so scripts read whole IDs and paths.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="limner",
@@ -85,25 +93,33 @@ def _settings() -> Settings:
     return load_settings()
 
 
-def _fail(exc: LimnerError) -> typer.Exit:
-    err_console.print(f"[bold red]Error:[/] {exc.message}", soft_wrap=True)
-    if exc.hint:
-        err_console.print(f"[yellow]What to do:[/] {exc.hint}", soft_wrap=True)
+def _fail(exc: LimnerError, *, user: str = "local") -> typer.Exit:
+    """Print the message and the CLI's hint (``user``: whom the command acted as), give the exit code."""
+    err_console.print(Text.assemble(("Error: ", "bold red"), exc.message))
+    if hint := cli_hint(exc, user=user):
+        err_console.print(Text.assemble(("What to do: ", "yellow"), hint))
     return typer.Exit(exit_code_for(exc))
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
+def _run(coro: Coroutine[Any, Any, T], *, user: str = "local") -> T:
     """Run a coroutine; LimnerErrors become a message, a hint and their exit code."""
     try:
         return asyncio.run(coro)
     except LimnerError as exc:
         if _state["debug"]:
             raise
-        raise _fail(exc) from None
+        raise _fail(exc, user=user) from None
 
 
-def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, with_tools: bool = False) -> T:
-    """Open the local runtime (settings read before the event loop starts) and run ``work`` in it."""
+def _out(line: str) -> None:
+    """One result line on stdout, as is: no markup, no wrapping, tabs kept (rich would expand them)."""
+    typer.echo(line)
+
+
+def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, with_tools: bool = False, user: str | None = None) -> T:
+    """Open the local runtime (settings read before the event loop starts) and run ``work`` in it;
+    ``user`` is the ``--user`` the command was given, named in the hints of its errors.
+    """
     try:
         settings = _settings()
     except LimnerError as exc:
@@ -115,7 +131,7 @@ def _with_runtime(work: Callable[[Runtime], Awaitable[T]], *, with_tools: bool =
                 err_console.print(f"[dim]sandbox: {runtime.sandbox.reason}; using the built-in emulators[/]")
             return await work(runtime)
 
-    return _run(main())
+    return _run(main(), user=user or settings.local_user)
 
 
 async def _local_user_id(runtime: Runtime) -> str:
@@ -124,10 +140,45 @@ async def _local_user_id(runtime: Runtime) -> str:
     return user.id
 
 
+async def _user_id(runtime: Runtime, name: str | None) -> str:
+    """The user a command acts as: ``--user NAME``, who must exist (a typo must not make a new account
+    that then owns the images), else the local user, made on first use.
+    """
+    if name is None or name == runtime.settings.local_user:
+        return await _local_user_id(runtime)
+    async with runtime.db.unit_of_work(write=False) as session:
+        user = await UserRepository(session).by_name(name)
+    if user is None:
+        raise InputError(
+            f"There is no user named {name!r}.",
+            hint=(
+                "Use the name of a web UI account or of a `limner tokens create --user` user, or leave out "
+                f"--user to act as the local user {runtime.settings.local_user!r} (LIMNER_LOCAL_USER)."
+            ),
+        )
+    return user.id
+
+
+UserOption = Annotated[
+    str | None,
+    typer.Option(
+        "--user",
+        metavar="NAME",
+        help="Act as this existing user (a web UI account, an API token's user); default: LIMNER_LOCAL_USER.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the images as one JSON document (see the README).")]
+
+
 def _print_version(value: bool) -> None:
-    """Eager, so that ``limner --version`` answers before typer asks for a command."""
     if value:
-        console.print(__version__)
+        try:
+            from importlib.metadata import PackageNotFoundError, version
+
+            shown = version("limner")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            shown = __version__
+        typer.echo(f"limner {shown}")
         raise typer.Exit()
 
 
@@ -136,7 +187,7 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
     version: Annotated[
         bool,
-        typer.Option("--version", "-V", help="Print the version and exit.", is_eager=True, callback=_print_version),
+        typer.Option("--version", "-V", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
 ) -> None:
     """limner: image generation and editing as tools for AI agents."""
@@ -160,14 +211,65 @@ def serve(
     except ConfigurationError as exc:
         err_console.print(f"[bold red]Error:[/] {exc.message}\n[yellow]What to do:[/] {exc.hint}")
         raise typer.Exit(exit_code_for(exc)) from None
-    bind_host, bind_port = host or settings.host, settings.port if port is None else port
+    bind_host = host or settings.host
+    try:  # before uvicorn, so a taken port is told before migrations and emulators start, and in our words
+        sockets = _listen(bind_host, settings.port if port is None else port)
+    except LimnerError as exc:
+        raise _fail(exc) from None
+    bind_port = sockets[0].getsockname()[1]  # the real one, also for --port 0
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
     url = f"http://{bind_host}:{bind_port}"
     console.print(f"limner {__version__} on [bold]{url}[/] (data: {settings.data_dir})", soft_wrap=True)
     console.print(f"Open {url} in a browser and sign up (the first account is the administrator).", soft_wrap=True)
     console.print("API docs at /docs; API tokens: limner tokens create --user YOUR_NAME", soft_wrap=True)
-    uvicorn.run(create_app(settings), host=bind_host, port=bind_port, log_level=settings.log_level.lower())
+    config = uvicorn.Config(create_app(settings), host=bind_host, port=bind_port, log_level=settings.log_level.lower())
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Bound sockets for every address of ``host`` (as asyncio's ``create_server`` would make them), or a
+    LimnerError naming the option and the setting to change.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigurationError(
+            f"Cannot listen on {host!r}: {exc.strerror}.", hint="Give an address or host name: --host or LIMNER_HOST."
+        ) from exc
+    sockets: list[socket.socket] = []
+    chosen = port
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address[0], chosen, *address[2:]))
+            chosen = chosen or sock.getsockname()[1]  # port 0: every address gets the port the first one got
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _bind_error(host, port, exc) from exc
+    return sockets
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> LimnerError:
+    where = f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return AddressInUseError(
+            f"Port {port} on {host} is already in use (another limner serve, or another program).",
+            hint=f"Stop what listens on {where}, or choose another port: --port N or LIMNER_PORT=N.",
+        )
+    return ConfigurationError(
+        f"Cannot listen on {where}: {exc.strerror or exc}.",
+        hint="Choose an address of this machine and a port you may open: --host/--port or LIMNER_HOST/LIMNER_PORT.",
+    )
 
 
 @app.command()
@@ -205,16 +307,26 @@ def _write_outputs(records: list[ImageRecord], blobs: list[bytes], out: Path | N
     return paths
 
 
-async def _run_tool_locally(runtime: Runtime, tool: str, arguments: dict[str, Any], out: Path | None) -> None:
+async def _run_tool_locally(
+    runtime: Runtime, tool: str, arguments: dict[str, Any], out: Path | None, user_id: str
+) -> tuple[list[ImageRecord], list[Path]]:
+    """Run a tool as ``user_id`` with its progress on stderr; the images made and the files written."""
     spec = runtime.tool(tool)
-    user_id = await _local_user_id(runtime)
-    with err_console.status(f"{tool}: waiting for the image service…"):
-        result = await run_tool(spec, arguments, runtime.tool_context(user_id))
+    async with ProgressReporter(err_console, tool) as reporter:
+        result = await run_tool(spec, arguments, runtime.tool_context(user_id, progress=reporter))
     blobs = [data for _, data in await runtime.library.read_many(user_id, [r.id for r in result.images])]
-    paths = await asyncio.to_thread(_write_outputs, result.images, blobs, out)
-    for index, record in enumerate(result.images):
+    return result.images, await asyncio.to_thread(_write_outputs, result.images, blobs, out)
+
+
+def _show_made(made: tuple[list[ImageRecord], list[Path]], as_json: bool) -> None:
+    """``generate``/``edit`` results: the JSON document, or one line per image (ID first)."""
+    records, paths = made
+    if as_json:
+        _out(images_document(records, paths))
+        return
+    for index, record in enumerate(records):
         where = f"  {paths[index]}" if paths else ""
-        console.print(f"{record.id}  {record.width}x{record.height}  {record.media_type}{where}")
+        _out(f"{record.id}  {record.width}x{record.height}  {record.media_type}{where}")
 
 
 @app.command()
@@ -229,15 +341,17 @@ def generate(
     tool: Annotated[
         str, typer.Option(help="Generation tool: image_gen_oai, dalle, stable-diffusion or flux.")
     ] = "image_gen_oai",
+    user: UserOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Generate images from a prompt and store them in the library (and in --out)."""
     options = {"size": size, "quality": quality, "background": background, "n": n, "negative_prompt": negative}
 
-    async def work(runtime: Runtime) -> None:
+    async def work(runtime: Runtime) -> tuple[list[ImageRecord], list[Path]]:
         arguments = _tool_arguments(runtime, tool, {"prompt": prompt}, options, action="generate")
-        await _run_tool_locally(runtime, tool, arguments, out)
+        return await _run_tool_locally(runtime, tool, arguments, out, await _user_id(runtime, user))
 
-    _with_runtime(work, with_tools=True)
+    _show_made(_with_runtime(work, with_tools=True, user=user), as_json)
 
 
 def _tool_arguments(
@@ -275,26 +389,28 @@ def edit(
     tool: Annotated[
         str, typer.Option(help="Editing tool: image_edit_oai, stable-diffusion-edit or flux.")
     ] = "image_edit_oai",
+    user: UserOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Edit images by ID; the new images name them as parents."""
 
-    async def work(runtime: Runtime) -> None:
+    async def work(runtime: Runtime) -> tuple[list[ImageRecord], list[Path]]:
         options = {"size": size, "quality": quality, "n": n}
         args = _tool_arguments(runtime, tool, {"image_ids": image_ids, "prompt": prompt}, options, action="edit")
+        user_id = await _user_id(runtime, user)
         if mask is not None:
             if "mask_image_id" not in runtime.tool(tool).json_schema().get("properties", {}):
                 raise InputError(f"The tool {tool} does not take --mask.")
             data = await asyncio.to_thread(mask.read_bytes)
-            user_id = await _local_user_id(runtime)
             from limner.backends.base import ImageOutput
 
             (record,) = await runtime.library.save(
                 user_id, [ImageOutput(data=data)], Provenance(source="uploaded", original_name=mask.name)
             )
             args["mask_image_id"] = record.id
-        await _run_tool_locally(runtime, tool, args, out)
+        return await _run_tool_locally(runtime, tool, args, out, user_id)
 
-    _with_runtime(work, with_tools=True)
+    _show_made(_with_runtime(work, with_tools=True, user=user), as_json)
 
 
 @app.command()
@@ -302,9 +418,10 @@ def chat(
     out: Annotated[Path, typer.Option(help="Folder the images are saved to.")] = Path("limner-images"),
     conversation: Annotated[str | None, typer.Option(help="Continue this conversation (ID).")] = None,
     agent: Annotated[str | None, typer.Option(help="Agent ID for a new conversation.")] = None,
+    user: UserOption = None,
 ) -> None:
     """Talk to the agent in the terminal: /attach ID... attaches images to the next message, /quit leaves."""
-    _with_runtime(lambda runtime: _chat_loop(runtime, out, conversation, agent), with_tools=True)
+    _with_runtime(lambda runtime: _chat_loop(runtime, out, conversation, agent, user), with_tools=True, user=user)
 
 
 async def _say(*args: Any, **kwargs: Any) -> None:
@@ -318,8 +435,11 @@ def _read_line(prompt: str) -> str | None:
         return None
 
 
-async def _chat_loop(runtime: Runtime, out: Path, conversation_id: str | None, agent: str | None) -> None:
-    user_id = await _local_user_id(runtime)
+async def _chat_loop(
+    runtime: Runtime, out: Path, conversation_id: str | None, agent: str | None, user: str | None
+) -> None:
+    user_id = await _user_id(runtime, user)
+    user_name = user or runtime.settings.local_user
     if conversation_id is None:
         conversation = await runtime.chat.create(user_id, agent_id=agent)
     else:
@@ -336,13 +456,15 @@ async def _chat_loop(runtime: Runtime, out: Path, conversation_id: str | None, a
             attachments += text.split()[1:]
             continue
         if text:
-            await _chat_turn(runtime, user_id, conversation.id, text, attachments, out)
+            await _chat_turn(runtime, (user_id, user_name), conversation.id, text, attachments, out)
             attachments = []
 
 
 async def _chat_turn(
-    runtime: Runtime, user_id: str, conversation_id: str, text: str, images: list[str], out: Path
+    runtime: Runtime, user: tuple[str, str], conversation_id: str, text: str, images: list[str], out: Path
 ) -> None:
+    user_id, user_name = user
+
     async def emit(event: str, data: dict[str, Any]) -> None:
         if event == "text_delta":
             await asyncio.to_thread(console.print, data["text"], end="", markup=False, highlight=False)
@@ -359,7 +481,7 @@ async def _chat_turn(
     try:
         await runtime.chat.send(user_id, conversation_id, text=text, image_ids=images, emit=emit)
     except LimnerError as exc:
-        await _say(f"[bold red]Error:[/] {exc.message} {exc.hint or ''}", soft_wrap=True)
+        await _say(Text.assemble(("Error: ", "bold red"), exc.message, " ", cli_hint(exc, user=user_name) or ""))
     await _say("")
 
 
@@ -385,13 +507,22 @@ def mcp_command(
 def images_list(
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many.")] = 20,
     source: Annotated[str | None, typer.Option(help="generated, edited, uploaded or mcp.")] = None,
+    user: UserOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """The local user's images, newest first."""
+    """The user's images, newest first: a table on a terminal, tab-separated lines in a pipe."""
 
     async def work(runtime: Runtime) -> list[ImageRecord]:
-        return await runtime.library.recent(await _local_user_id(runtime), limit=limit, source=source)
+        return await runtime.library.recent(await _user_id(runtime, user), limit=limit, source=source)
 
-    records = _with_runtime(work)
+    records = _with_runtime(work, user=user)
+    if as_json:
+        _out(images_document(records))
+        return
+    if not console.is_terminal:  # a table's padding and cropping are for eyes; scripts get whole fields
+        for record in records:
+            _out(tsv_line(record))
+        return
     table = Table(box=None)
     table.add_column("ID", no_wrap=True)
     for column in ("created", "source", "size", "prompt"):
@@ -408,46 +539,47 @@ def images_list(
 
 
 @images_app.command("show")
-def images_show(image_id: Annotated[str, typer.Argument(help="Image ID.")]) -> None:
+def images_show(image_id: Annotated[str, typer.Argument(help="Image ID.")], user: UserOption = None) -> None:
     """An image's record and parents, as JSON."""
 
     async def work(runtime: Runtime) -> dict[str, Any]:
-        user_id = await _local_user_id(runtime)
+        user_id = await _user_id(runtime, user)
         record = await runtime.library.get(user_id, image_id)
         parents = await runtime.library.parents(user_id, image_id)
         data = record.model_dump(mode="json", exclude={"owner_id"})
         data["parents"] = [{"id": p.id, "role": p.role, "exists": p.image is not None} for p in parents]
         return data
 
-    console.print_json(json.dumps(_with_runtime(work)))
+    console.print_json(json.dumps(_with_runtime(work, user=user)))
 
 
 @images_app.command("export")
 def images_export(
     image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")],
     out: Annotated[Path, typer.Option(help="Folder to write to.")] = Path(),
+    user: UserOption = None,
 ) -> None:
     """Write images to files named after their IDs."""
 
     async def work(runtime: Runtime) -> list[Path]:
-        found = await runtime.library.read_many(await _local_user_id(runtime), image_ids)
+        found = await runtime.library.read_many(await _user_id(runtime, user), image_ids)
         return await asyncio.to_thread(_write_outputs, [r for r, _ in found], [d for _, d in found], out)
 
-    for path in _with_runtime(work):
-        console.print(str(path))
+    for path in _with_runtime(work, user=user):
+        _out(str(path))
 
 
 @images_app.command("delete")
-def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")]) -> None:
+def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")], user: UserOption = None) -> None:
     """Delete images."""
 
     async def work(runtime: Runtime) -> None:
-        user_id = await _local_user_id(runtime)
+        user_id = await _user_id(runtime, user)
         for image_id in image_ids:
             await runtime.library.delete(user_id, image_id)
-            console.print(f"deleted {image_id}")
+            await asyncio.to_thread(_out, f"deleted {image_id}")
 
-    _with_runtime(work)
+    _with_runtime(work, user=user)
 
 
 # --- users, tokens, db --------------------------------------------------------------------------

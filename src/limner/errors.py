@@ -4,7 +4,8 @@
 LimnerError                         .message (safe to show)  .hint (what to do)  .code (stable snake_case)
 ├── ConfigurationError              an operator or user must change a setting
 │   ├── MissingCredentialsError     names the env var AND the UI key setting
-│   └── StoredKeyUnreadableError    a user's stored key no longer decrypts (CREDS_KEY changed)
+│   ├── StoredKeyUnreadableError    a user's stored key no longer decrypts (CREDS_KEY changed)
+│   └── AddressInUseError           `limner serve`'s address is taken by another program
 ├── AccessError                     who is asking, not what: sign-in, registration, CSRF
 │   ├── SignInFailedError           wrong name or password (one answer for both)
 │   ├── RegistrationClosedError     the operator closed sign-up
@@ -45,6 +46,7 @@ from typing import ClassVar
 
 __all__ = [
     "AccessError",
+    "AddressInUseError",
     "AgentNotFoundError",
     "CSRFError",
     "ConfigurationError",
@@ -123,6 +125,14 @@ class StoredKeyUnreadableError(ConfigurationError):
     """The user can fix this one (by entering the key again), unlike most configuration errors."""
 
     code = "stored_key_unreadable"
+
+
+class AddressInUseError(ConfigurationError):
+    """The host and port to listen on are taken: its own class (and exit code), so that a script can pick
+    another port without parsing the message.
+    """
+
+    code = "address_in_use"
 
 
 class AccessError(LimnerError):

@@ -31,7 +31,7 @@ def invoke(*args: str) -> str:
 def test_generate_writes_a_png_that_shows_the_prompt_then_edit_names_its_parent(tmp_path: Path) -> None:
     out = tmp_path / "out"
     output = invoke("generate", "a lighthouse at dusk", "--out", str(out))
-    (image_id,) = ID.findall(output)
+    (image_id,) = set(ID.findall(output))  # the ID, and again in the unwrapped file name
     written = out / f"{image_id}.png"
     stamp = read_stamp(written.read_bytes())
     assert stamp is not None and stamp["prompt"] == "a lighthouse at dusk"
@@ -159,10 +159,89 @@ def test_no_sandbox_notice_when_a_provider_is_configured(monkeypatch: pytest.Mon
     assert "Could not connect" in result.output
 
 
-@pytest.mark.parametrize("flag", ["--version", "-V"])
-def test_version_exits_zero_without_a_command(flag: str) -> None:
-    from limner import __version__
+def test_version_prints_the_package_version() -> None:
+    from importlib.metadata import version
 
-    result = runner.invoke(app, [flag])
+    for flag in ("--version", "-V"):
+        result = runner.invoke(app, [flag])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == f"limner {version('limner')}"
+
+
+def test_user_option_reaches_images_made_for_another_user_and_hints_in_cli_terms() -> None:
+    invoke("tokens", "create", "--user", "me")
+    (image_id,) = ID.findall(invoke("generate", "a kite", "--user", "me"))
+    missing = runner.invoke(app, ["edit", image_id, "--prompt", "stormy"])
+    assert missing.exit_code == 66
+    assert "limner images list --user local" in missing.output and "--user NAME" in missing.output
+    assert "do not invent IDs" not in missing.output
+    assert image_id in invoke("images", "list", "--user", "me")
+    edited = invoke("edit", image_id, "--prompt", "stormy", "--user", "me")
+    assert any(i != image_id for i in ID.findall(edited))
+    unknown = runner.invoke(app, ["images", "list", "--user", "nobody"])
+    assert unknown.exit_code == 65 and "no user named 'nobody'" in unknown.output
+
+
+def test_json_shape_of_generate_and_images_list(tmp_path: Path) -> None:
+    from limner.api.schemas import ImageOut
+
+    made = json.loads(invoke("generate", "two kites", "-n", "2", "--json", "--out", str(tmp_path / "o")))
+    assert len(made["images"]) == 2
+    first = made["images"][0]
+    assert set(first) == set(ImageOut.model_fields) | {"file"}
+    assert Path(first["file"]).is_file() and first["content_url"] == f"/api/images/{first['id']}/content"
+    listed = json.loads(invoke("images", "list", "--json"))
+    assert {i["id"] for i in listed["images"]} == {i["id"] for i in made["images"]}
+    assert listed["images"][0]["file"] is None
+
+
+def test_port_in_use_is_named_with_its_exit_code() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 75, result.output
+    assert "already in use" in result.output and "--port" in result.output and "LIMNER_PORT" in result.output
+
+
+def test_progress_bar_shows_the_fraction_on_a_terminal_and_nothing_on_stdout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rich.console import Console
+
+    from limner import cli
+
+    monkeypatch.setenv("LIMNER_SD_STEPS", "60")  # 60 steps of the emulator's 0.02 s: polled several times
+    monkeypatch.setattr(cli, "err_console", Console(stderr=True, force_terminal=True, width=120))
+    result = runner.invoke(app, ["generate", "a slow field", "--tool", "stable-diffusion"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == __version__
+    fractions = [int(p) for p in re.findall(r"(\d{1,3})%", result.stderr)]
+    assert any(0 < f < 100 for f in fractions), result.stderr
+    assert "step " in result.stderr
+    assert "%" not in result.stdout and len(ID.findall(result.stdout)) == 1
+
+
+def test_installed_command_in_a_narrow_pipe_prints_whole_lines_and_no_progress(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "30", "LIMNER_SD_STEPS": "40"}
+    deep = tmp_path / "a-folder-name-long-enough-to-wrap" / "twice-over-at-thirty-columns"
+    made = subprocess.run(
+        [sys.executable, "-m", "limner", "generate", "a field", "--tool", "stable-diffusion", "--out", str(deep)],
+        env=env, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    (line,) = made.stdout.splitlines()
+    image_id, size, media_type, path = line.split("  ")
+    assert (size, media_type) == ("1024x1024", "image/png")
+    assert ID.fullmatch(image_id) and Path(path) == deep / f"{image_id}.png" and Path(path).is_file()
+    assert "\x1b" not in made.stderr  # no bar's control codes when stderr is a pipe either
+    listed = subprocess.run(
+        [sys.executable, "-m", "limner", "images", "list"], env=env, capture_output=True, text=True, check=True
+    )
+    (row,) = listed.stdout.splitlines()
+    assert row.split("\t")[0] == image_id and row.split("\t")[-1] == "a field"
