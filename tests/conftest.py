@@ -5,6 +5,8 @@
 - Provider, proxy and limner variables are removed from the environment, and no ``.env`` is read.
 - Blocking calls made from limner's code on a running event loop fail the test (blockbuster).
 - Warnings are errors (pyproject), so an unclosed client or file (ResourceWarning) fails too.
+- A child process that a test started and left running fails that test (and is ended: SIGTERM, then
+  SIGKILL); orphaned grandchildren count too, because the test process is their subreaper.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from limner.config import Settings
 from limner.db.repositories import UserRepository
 from limner.ids import new_api_token
 from limner.runtime import Runtime
+from tests.processes import become_subreaper, end_pid, live_children
 
 _ENV_PREFIXES = (
     "IMAGE_GEN_OAI",
@@ -86,6 +90,48 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
 def _no_blocking_in_event_loop() -> Iterator[BlockBuster]:
     with blockbuster_ctx(["limner"]) as bb:
         yield bb
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _subreaper() -> None:
+    become_subreaper()
+
+
+def _end_leavers(before: set[int]) -> dict[int, str]:
+    """Children alive now that were not in ``before``, each given a short grace to finish exiting (a
+    client's close need not wait for the exit) and then ended: the ones that had to be ended."""
+    left = {pid: name for pid, name in live_children().items() if pid not in before}
+    deadline = time.monotonic() + 5
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = {pid: name for pid, name in live_children().items() if pid in left}
+    for pid in left:
+        end_pid(pid)
+    return left
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_process_left_behind_by_the_module(_subreaper: None) -> Iterator[None]:
+    """The same rule for a module's shared fixtures, checked once they are torn down."""
+    before = set(live_children())
+    yield
+    left = _end_leavers(before)
+    assert not left, f"the module's tests or fixtures left child processes running: {left}"
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Children alive after the test that were not there before it: the test leaked them.
+
+    Requested first among function fixtures, so it is torn down after them: a fixture that ends its
+    process in teardown is not blamed. A module whose shared fixture starts processes lazily, during its
+    first test, marks itself ``shared_processes``; its processes are checked when the module ends.
+    """
+    before = set(live_children())
+    yield
+    if request.node.get_closest_marker("shared_processes") is None:
+        left = _end_leavers(before)
+        assert not left, f"the test left child processes running: {left}"
 
 
 # --- shared fixtures --------------------------------------------------------------------------

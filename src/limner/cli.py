@@ -10,10 +10,12 @@ prints a traceback unless ``--debug`` is given. Results go to stdout unwrapped; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import re
+import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
@@ -281,18 +283,30 @@ def sandbox(
     from limner.runtime import default_sandbox
     from limner.sandbox.server import serve_sandbox
 
-    async def forever() -> None:
+    async def until_stopped() -> None:
         async with serve_sandbox(default_sandbox(), host=host, port=port) as running:
             console.print(f"limner sandbox at [bold]{running.base_url}[/] (any non-empty API key works)")
             for name, url in running.urls.items():
                 console.print(f"  {name:<14} {url}")
             console.print("Press Ctrl+C to stop.")
-            await asyncio.Event().wait()
+            await _stop_signal()
 
-    try:
-        asyncio.run(forever())
-    except KeyboardInterrupt:
-        console.print("stopped")
+    with contextlib.suppress(KeyboardInterrupt):  # a Ctrl+C before the handlers are in place
+        asyncio.run(until_stopped())
+    console.print("stopped")
+
+
+async def _stop_signal() -> None:
+    """Wait for SIGTERM (a service manager, ``kill``) or SIGINT (Ctrl+C) and stop cleanly on either.
+
+    SIGINT is left alone when the process was started with it ignored (``nohup``, a background job), as
+    a shell expects; SIGTERM always stops it.
+    """
+    stop, loop = asyncio.Event(), asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def _write_outputs(records: list[ImageRecord], blobs: list[bytes], out: Path | None) -> list[Path]:

@@ -14,15 +14,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    DotEnvSettingsSource,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from limner.errors import ConfigurationError
 
@@ -54,28 +49,44 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-def _documented_names_only(
-    infos: list[tuple[str, str, bool]], field: FieldInfo, field_name: str
-) -> list[tuple[str, str, bool]]:
-    """Drop the bare field name from the names an environment source looks up.
+class _DocumentedNamesSource(PydanticBaseSettingsSource):
+    """The process environment over a ``.env`` file, read under each field's documented names only.
 
-    ``populate_by_name`` lets Python code build ``Settings(data_dir=...)``, but pydantic-settings then
-    also reads ``DATA_DIR``, ``HOST``, ``PORT`` from the environment: a LibreChat ``.env`` in the working
-    directory would move limner onto LibreChat's port. Only the documented names (the aliases) count.
+    pydantic-settings' own env sources also look a field up by its bare name when the model allows
+    population by name (``Settings(data_dir=...)`` in Python code), so a LibreChat ``.env`` would move
+    limner onto LibreChat's ``HOST`` and ``PORT``. Reading the documented names here, through the public
+    source interface, keeps that rule whatever the library's private helpers become. Names match without
+    regard to case, an empty value counts as unset, and the first of a field's names that is set wins.
     """
-    if field.validation_alias is None:
-        return infos
-    return [info for info in infos if info[0] != field_name]
+
+    def __init__(self, settings_cls: type[BaseSettings], env_files: list[Path]) -> None:
+        super().__init__(settings_cls)
+        found: dict[str, str] = {}
+        for env_file in env_files:  # a later file overrides an earlier one, as in pydantic-settings
+            if env_file.is_file():
+                found.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v})
+        found.update({k.upper(): v for k, v in os.environ.items() if v})  # the environment wins
+        self._found = found
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        """The first documented name of ``field`` that is set: (value, that name, not complex)."""
+        for name in _documented_names(field):
+            if name.upper() in self._found:
+                return self._found[name.upper()], name, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, _, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[field_name] = value
+        return values
 
 
-class _EnvSource(EnvSettingsSource):
-    def _extract_field_info(self, field: FieldInfo, field_name: str) -> list[tuple[str, str, bool]]:
-        return _documented_names_only(super()._extract_field_info(field, field_name), field, field_name)
-
-
-class _DotEnvSource(DotEnvSettingsSource):
-    def _extract_field_info(self, field: FieldInfo, field_name: str) -> list[tuple[str, str, bool]]:
-        return _documented_names_only(super()._extract_field_info(field, field_name), field, field_name)
+def _documented_names(field: FieldInfo) -> list[str]:
+    alias = field.validation_alias
+    return [str(name) for name in alias.choices] if isinstance(alias, AliasChoices) else []
 
 
 class Settings(BaseSettings):
@@ -100,17 +111,9 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Python keyword arguments by field name; the environment and ``.env`` by documented name only."""
-        env_file = getattr(dotenv_settings, "env_file", None)
-        encoding = getattr(dotenv_settings, "env_file_encoding", None)
-        # "only_existing": the .env's other lines are not handed on as extra keys, which the model would
-        # otherwise accept under their field names (a LibreChat .env's SANDBOX, HOST, ...).
-        return (
-            init_settings,
-            _EnvSource(settings_cls),
-            _DotEnvSource(
-                settings_cls, env_file=env_file, env_file_encoding=encoding, dotenv_filtering="only_existing"
-            ),
-        )
+        env_file = getattr(dotenv_settings, "env_file", None)  # ``_env_file=`` or the model's default
+        files = [] if env_file is None else [env_file] if isinstance(env_file, str | Path) else list(env_file)
+        return (init_settings, _DocumentedNamesSource(settings_cls, [Path(f) for f in files]))
 
     # --- OpenAI Image Tools (LibreChat names) -------------------------------------------------
     image_gen_oai_api_key: SecretStr | None = Field(None, validation_alias=_env("IMAGE_GEN_OAI_API_KEY"))
@@ -310,8 +313,7 @@ class Settings(BaseSettings):
         """Field name to the environment variable names it is read from (for docs and errors)."""
         names: dict[str, list[str]] = {}
         for name, field in cls.model_fields.items():
-            alias = field.validation_alias
-            names[name] = [str(a) for a in alias.choices] if isinstance(alias, AliasChoices) else [name]
+            names[name] = _documented_names(field) or [name]
         return names
 
 

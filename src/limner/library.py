@@ -24,6 +24,7 @@ import httpx2
 from pydantic import BaseModel, ConfigDict
 
 from limner.backends.base import ImageOutput
+from limner.crashpoints import crash_point
 from limner.db.models import Image
 from limner.db.repositories import ImageRepository, StorageKeyRepository
 from limner.db.session import Database
@@ -155,6 +156,7 @@ class ImageLibrary:
         async with self._locked(keys):
             for item, key in zip(prepared, keys, strict=True):
                 await self.store.ensure(key, item.info.data)
+            await crash_point("library.blobs_stored")
             try:
                 rows = await self._insert(owner_id, prepared, keys, provenance)
             except BaseException:
@@ -187,6 +189,7 @@ class ImageLibrary:
                 row = _new_row(item, key, provenance)
                 await repo.add(row, provenance.parent_ids, provenance.parent_roles)
                 rows.append(row)
+            await crash_point("library.rows_uncommitted")
         return rows
 
     async def _forget_unreferenced(self, keys: Sequence[str]) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx2
@@ -28,6 +30,14 @@ async def converse(
             elif line.startswith("data: ") and event:
                 events.append((event, json.loads(line[6:])))
     return events
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Wait for a condition the test cannot be told about directly; fail, naming it, after a generous time."""
+
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
 
 
 async def new_conversation(api: httpx2.AsyncClient, headers: dict[str, str], **body: Any) -> str:
@@ -181,10 +191,8 @@ async def test_stopping_mid_generation_cancels_the_tool_and_stores_nothing(
     runtime.sandbox.emulators.openai.faults.add(Fault.hang())
     conversation = await new_conversation(api, headers)
     turn = asyncio.create_task(converse(api, headers, conversation, "draw a slow lighthouse"))
-    for _ in range(200):
-        if conversation in runtime.running_turns and runtime.sandbox.emulators.openai.requests:
-            break
-        await asyncio.sleep(0.02)
+    emulator = runtime.sandbox.emulators.openai
+    await _until(lambda: conversation in runtime.running_turns and bool(emulator.requests))
     assert (await api.post(f"/api/conversations/{conversation}/stop", headers=headers)).status_code == 204
     events = await asyncio.wait_for(turn, timeout=10)
     assert [name for name, _ in events][-1] == "stopped"
@@ -369,20 +377,19 @@ async def test_one_turn_at_a_time_per_conversation(api: httpx2.AsyncClient, alic
 
     _, headers = alice
     assert runtime.sandbox is not None and runtime.sandbox.emulators is not None
-    runtime.sandbox.emulators.openai.faults.add(Fault.delay(1.0))
+    emulator = runtime.sandbox.emulators.openai
+    emulator.faults.add(Fault.hang())  # the first turn is running until it is stopped, however slow the machine
     conversation = await new_conversation(api, headers)
     first = asyncio.create_task(converse(api, headers, conversation, "draw a slow boat"))
-    for _ in range(200):
-        if conversation in runtime.running_turns:
-            break
-        await asyncio.sleep(0.01)
+    await _until(lambda: conversation in runtime.running_turns and bool(emulator.requests))
     second = await api.post(
         f"/api/conversations/{conversation}/messages", headers=headers, json={"text": "draw a cat", "image_ids": []}
     )
     assert second.status_code == 409 and second.json()["error"]["code"] == "turn_in_progress"
-    events = await first
-    assert of_type(events, "done")
+    assert (await api.post(f"/api/conversations/{conversation}/stop", headers=headers)).status_code == 204
+    assert [name for name, _ in await first][-1] == "stopped"
     assert conversation not in runtime.running_turns
+    assert of_type(await converse(api, headers, conversation, "draw a cat"), "done")  # the next turn may start
 
 
 async def test_a_tool_argument_named_run_is_just_an_argument(runtime: Runtime) -> None:

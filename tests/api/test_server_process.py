@@ -6,10 +6,8 @@ import asyncio
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,18 +18,11 @@ from PIL import Image
 from limner.config import Settings
 from limner.db.repositories import StorageKeyRepository
 from limner.runtime import Runtime
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.processes import LimnerServe, clean_env
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LIMNER_", "IMAGE_GEN_OAI", "PROXY"))}
-    env.update({"LIMNER_DATA_DIR": str(data_dir), **extra})
-    return env
+    return clean_env(LIMNER_DATA_DIR=str(data_dir), **extra)
 
 
 def _token(data_dir: Path, env: dict[str, str]) -> str:
@@ -46,55 +37,23 @@ def _token(data_dir: Path, env: dict[str, str]) -> str:
     return out.stdout.split()[-1]
 
 
-class Server:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / "server.log"
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "limner", "serve", "--port", str(self.port)],
-            env=env,
-            cwd=data_dir.parent,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 30) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(self.log.read_text())
-            try:
-                return dict(httpx2.get(f"{self.url}/api/health", timeout=1).json())
-            except httpx2.TransportError:
-                time.sleep(0.1)
-        raise AssertionError("server did not start:\n" + self.log.read_text())
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=20)
-        self._log_file.close()
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
 @pytest.fixture
-def server_factory(data_dir: Path) -> Iterator[list[Server]]:
-    started: list[Server] = []
+def server_factory(data_dir: Path) -> Iterator[list[LimnerServe]]:
+    started: list[LimnerServe] = []
     yield started
     for server in started:
-        server.stop(signal.SIGKILL)
+        server.kill()
 
 
-def test_quick_start_defaults_serve_the_sandbox(data_dir: Path, server_factory: list[Server]) -> None:
+def test_quick_start_defaults_serve_the_sandbox(data_dir: Path, server_factory: list[LimnerServe]) -> None:
     env = _env(data_dir)
     token = _token(data_dir, env)
-    server = Server(data_dir, env)
+    server = LimnerServe(data_dir.parent, env)
     server_factory.append(server)
     health = server.wait_ready()
     assert health["sandbox"] == {"active": True, "reason": "no image provider is configured", "chat": True}
@@ -114,9 +73,9 @@ def test_quick_start_defaults_serve_the_sandbox(data_dir: Path, server_factory: 
     assert "SANDBOX: no image provider is configured" in log
 
 
-def test_configured_provider_turns_the_sandbox_off(data_dir: Path, server_factory: list[Server]) -> None:
+def test_configured_provider_turns_the_sandbox_off(data_dir: Path, server_factory: list[LimnerServe]) -> None:
     env = _env(data_dir, IMAGE_GEN_OAI_API_KEY="user_provided")
-    server = Server(data_dir, env)
+    server = LimnerServe(data_dir.parent, env)
     server_factory.append(server)
     health = server.wait_ready()
     assert health["sandbox"]["active"] is False  # type: ignore[index]
@@ -147,66 +106,70 @@ def _big_png(seed: int) -> bytes:
     return out.getvalue()
 
 
-async def _upload_burst(url: str, token: str, count: int, first_saved: asyncio.Event) -> int:
-    saved = 0
-    async with httpx2.AsyncClient(timeout=30) as client:
-
-        async def one(i: int) -> None:
-            nonlocal saved
-            files = {"file": (f"{i}.png", _big_png(i), "image/png")}
-            try:
-                response = await client.post(
-                    f"{url}/api/images", headers={"Authorization": f"Bearer {token}"}, files=files
-                )
-            except httpx2.TransportError:
-                return  # the server was killed under us: that is the point
-            if response.status_code == 201:
-                saved += 1
-                first_saved.set()
-
-        await asyncio.gather(*(one(i) for i in range(count)))
-    return saved
+async def _upload(client: httpx2.AsyncClient, url: str, token: str, i: int) -> bool:
+    """One upload; True when the server acknowledged it (201), False when it was killed under us."""
+    files = {"file": (f"{i}.png", _big_png(i), "image/png")}
+    try:
+        response = await client.post(f"{url}/api/images", headers={"Authorization": f"Bearer {token}"}, files=files)
+    except httpx2.TransportError:
+        return False
+    assert response.status_code == 201, response.text
+    return True
 
 
-@pytest.mark.parametrize("kill_after", [0.0, 0.03, 0.1])
+# Each point is a moment of the save where a crash used to be able to leave a half-written file, a blob
+# without a row, or a row without a blob: the server holds every save that reaches it until the SIGKILL.
+CRASH_POINTS = {
+    "storage.temporary_written": "the blob's temporary file is written, not yet renamed",
+    "library.blobs_stored": "the blobs are stored, their rows not yet inserted",
+    "library.rows_uncommitted": "the rows are inserted, not yet committed",
+}
+
+
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
 async def test_sigkill_mid_save_leaves_no_orphans(
-    data_dir: Path, server_factory: list[Server], kill_after: float
+    data_dir: Path, server_factory: list[LimnerServe], point: str
 ) -> None:
-    env = _env(data_dir, LIMNER_SANDBOX="off")
+    env = _env(data_dir, LIMNER_SANDBOX="off", LIMNER_CRASH_POINT=f"{point}@3")  # the first two saves pass
     token = await asyncio.to_thread(_token, data_dir, env)
-    server = Server(data_dir, env)
+    server = LimnerServe(data_dir.parent, env)
     server_factory.append(server)
     await asyncio.to_thread(server.wait_ready)
 
-    first_saved = asyncio.Event()
-    burst = asyncio.create_task(_upload_burst(server.url, token, 24, first_saved))
-    await asyncio.wait_for(first_saved.wait(), timeout=60)
-    await asyncio.sleep(kill_after)
-    server.stop(signal.SIGKILL)
-    acknowledged = await burst
-    assert 1 <= acknowledged < 24  # killed in the middle of the burst
+    async with httpx2.AsyncClient(timeout=60) as client:
+        acknowledged = [await _upload(client, server.url, token, i) for i in range(2)]
+        burst = asyncio.gather(*(_upload(client, server.url, token, i) for i in range(2, 24)))
+        await asyncio.to_thread(server.wait_for_log, f"crash point {point} reached")
+        on_disk_before = {p.relative_to(data_dir) for p in (data_dir / "blobs").rglob("*") if p.is_file()}
+        server.kill()
+        acknowledged += await burst
+    assert acknowledged[:2] == [True, True] and not all(acknowledged)  # killed in the middle of the burst
+    if point == "storage.temporary_written":
+        assert any(p.name.endswith(".tmp") for p in on_disk_before)  # the crash left a temporary file
 
     settings = Settings(_env_file=None, data_dir=data_dir, sandbox="off")
     async with Runtime.open(settings) as runtime:  # restart: migrations and all
         report = await runtime.library.sweep(min_age=0)
         assert report.rows_missing_blobs == []  # no row without its blob
+        if point != "storage.temporary_written":
+            assert report.orphan_blobs_removed >= 1  # the crash left a blob without a row, and it is gone
         async with runtime.db.unit_of_work() as session:
             referenced = await StorageKeyRepository(session).all_keys()
         stored = {key async for key, _ in runtime.library.store.iter_keys()}
         assert stored == referenced  # and, after the sweep, no blob without a row
         assert list((data_dir / "blobs").rglob("*.tmp")) == []
-        assert len(referenced) >= acknowledged  # nothing acknowledged was lost
+        assert len(referenced) >= sum(acknowledged)  # nothing acknowledged was lost
 
 
 async def test_limner_serve_mounts_the_mcp_server_behind_the_token(
-    data_dir: Path, server_factory: list[Server]
+    data_dir: Path, server_factory: list[LimnerServe]
 ) -> None:
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
     env = _env(data_dir)
     token = await asyncio.to_thread(_token, data_dir, env)
-    server = Server(data_dir, env)
+    server = LimnerServe(data_dir.parent, env)
     server_factory.append(server)
     await asyncio.to_thread(server.wait_ready)
     async with httpx2.AsyncClient(timeout=30) as anonymous:

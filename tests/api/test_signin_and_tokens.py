@@ -84,14 +84,15 @@ async def test_an_unknown_name_costs_a_hash_like_a_wrong_password(api: httpx2.As
         assert (await _signin(api, name, "wrong password")).status_code == 401
         return time.perf_counter() - start
 
-    unknown = sorted([await timed(f"nobody{n}") for n in range(5)])[2]
-    wrong = sorted([await timed("ada") for _ in range(5)])[2]
+    pairs = [(await timed(f"nobody{n}"), await timed("ada")) for n in range(5)]  # interleaved: same load
+    unknown, wrong = sorted(p[0] for p in pairs)[2], sorted(p[1] for p in pairs)[2]
     assert wrong / 3 < unknown < wrong * 3, (unknown, wrong)
 
 
 async def test_concurrent_password_hashes_are_bounded(api: httpx2.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
     await _signup(api, "ada")
     lock, running, peak = threading.Lock(), [0], [0]
+    two_inside = threading.Barrier(2)  # no verification ends before a second one runs beside it
     real = accounts_module._hasher
 
     class CountingHasher:
@@ -102,6 +103,7 @@ async def test_concurrent_password_hashes_are_bounded(api: httpx2.AsyncClient, m
             with lock:
                 running[0] += 1
                 peak[0] = max(peak[0], running[0])
+            two_inside.wait(timeout=60)  # a third, were the bound missing, would enter meanwhile
             time.sleep(0.05)
             with lock:
                 running[0] -= 1

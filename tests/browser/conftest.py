@@ -13,18 +13,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2
 import pytest
 from playwright.sync_api import (
     Browser,
@@ -36,6 +30,8 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+
+from tests.processes import LimnerServe, clean_env, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -56,55 +52,11 @@ PHONE = {"width": 390, "height": 844}
 expect.set_options(timeout=15_000)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LimnerServer:
-    """``python -m limner serve`` on a free loopback port, with a clean environment and data dir."""
+class LimnerServer(LimnerServe):
+    """``limner serve`` with a clean environment and its own data dir under ``workdir``."""
 
     def __init__(self, workdir: Path, **env: str) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = workdir / "server.log"
-        provider_vars = ("LIMNER_", "IMAGE_", "DALLE", "FLUX_", "SD_")
-        clean = {k: v for k, v in os.environ.items() if not k.startswith(provider_vars)}
-        clean.pop("PROXY", None)
-        clean.update({"LIMNER_DATA_DIR": str(workdir / "data"), **env})
-        self._log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "limner", "serve", "--port", str(self.port)],
-            env=clean,
-            cwd=workdir,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 40) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("limner serve exited:\n" + self.log.read_text())
-            try:
-                if httpx2.get(f"{self.url}/api/health", timeout=1).status_code == 200:
-                    return
-            except httpx2.TransportError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("limner serve did not start:\n" + self.log.read_text())
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self._log_file.close()
+        super().__init__(workdir, clean_env(LIMNER_DATA_DIR=str(workdir / "data"), **env))
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -126,7 +78,7 @@ def chromium() -> Path:
 @pytest.fixture(scope="package")  # torn down before the next tier: the sync API holds an event loop
 def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LimnerServer]]:
     """Both servers start together (each takes a few seconds), and stop at the end of the session."""
-    emulator_port = _free_port()
+    emulator_port = free_port()
     servers = {
         "default": LimnerServer(tmp_path_factory.mktemp("serve-default"), LIMNER_PARTIAL_IMAGES="2"),
         "keys": LimnerServer(

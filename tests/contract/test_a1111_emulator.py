@@ -339,14 +339,14 @@ async def test_api_disabled(start: Start) -> None:
 
 
 async def test_progress_during_a_slow_generation(start: Start) -> None:
-    ui = await start(seconds_per_step=0.01)
+    ui = await start(seconds_per_step=0.025)  # 1 s in all: many polls even on a loaded machine
     idle = (await ui.get(f"{SDAPI}/progress")).json()
     assert idle["progress"] == 0 and idle["current_image"] is None and idle["state"]["job_count"] == 0
     task = asyncio.create_task(ui.txt2img(prompt="slow", steps=40, width=64, height=64))
     seen: list[dict[str, Any]] = []
     while not task.done():
         seen.append((await ui.get(f"{SDAPI}/progress")).json())
-        await asyncio.sleep(0.03)
+        await asyncio.sleep(0.01)
     await task
     running = [p for p in seen if p["state"]["job_count"]]
     assert len(running) >= 3

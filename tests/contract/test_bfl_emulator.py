@@ -130,11 +130,24 @@ async def test_seed_is_random_when_not_sent(api: Api) -> None:
     assert isinstance(first["result"]["seed"], int) and first["result"]["seed"] != second["result"]["seed"]
 
 
+class ManualClock:
+    """The emulator's clock, moved by the test: time passes exactly when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def test_ready_after_keeps_a_task_pending_for_that_long(start: Start) -> None:
-    api = await start(pending_polls=0, ready_after=0.3)
+    clock = ManualClock()
+    api = await start(pending_polls=0, ready_after=30, clock=clock)
     submitted = await api.task("flux-dev", {"prompt": "p"})
     assert (await api.poll(submitted["polling_url"])).json()["status"] == "Pending"
-    await asyncio.sleep(0.35)
+    clock.now += 29.9
+    assert (await api.poll(submitted["polling_url"])).json()["status"] == "Pending"
+    clock.now += 0.1
     assert (await api.poll(submitted["polling_url"])).json()["status"] == "Ready"
 
 
@@ -445,14 +458,17 @@ async def test_the_account_limit_counts_every_endpoint(start: Start) -> None:
 
 
 async def test_delivery_links_are_signed_and_expire(start: Start) -> None:
-    api = await start(url_ttl=0.4)
+    clock = ManualClock()
+    api = await start(url_ttl=600, clock=clock)
     body, _ = await api.finish(await api.task("flux-pro-1.1", {"prompt": "p", "width": 256, "height": 256}))
     sample = body["result"]["sample"]
     assert "se=" in sample and "sig=" in sample and sample.startswith(api.base + "/delivery/results/")
     assert (await api.http.get(sample)).status_code == 200  # no key needed
     tampered = sample.rsplit("sig=", 1)[0] + "sig=forged"
     assert (await api.http.get(tampered)).status_code == 403
-    await asyncio.sleep(0.5)
+    clock.now += 599.9
+    assert (await api.http.get(sample)).status_code == 200
+    clock.now += 0.1
     expired = await api.http.get(sample)
     assert expired.status_code == 403 and b"AuthenticationFailed" in expired.content
     assert (await api.http.get(f"{api.base}/delivery/results/img-unknown.jpg")).status_code == 404

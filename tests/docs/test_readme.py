@@ -25,7 +25,7 @@ def _section(title: str) -> str:
 
 def test_quick_start_is_two_commands_and_ci_runs_the_second() -> None:
     blocks = re.findall(r"```sh\n(.*?)```", _section("Quick start"), re.S)
-    assert blocks[0].strip() == "pip install . && limner serve"
+    assert blocks[0].strip() == "scripts/venv serve && .venv/bin/limner serve"
     test_command = blocks[1].strip()
     ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
     assert test_command in ci

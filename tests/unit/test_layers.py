@@ -12,6 +12,7 @@ SRC = Path(limner.__file__).parent
 # Lower number = lower layer. A module may import its own layer or lower ones.
 LAYERS: dict[str, int] = {
     "errors": 0,
+    "crashpoints": 0,
     "config": 0,
     "ids": 0,
     "backends": 1,

@@ -96,7 +96,8 @@ class BFLEmulator:
     is every key's starting balance; ``max_active_tasks`` the unfinished tasks a key may have (Kontext
     [max] keeps its own limit of 6). ``retired_endpoints`` answer 404 like removed routes.
     ``auth_status`` (403, or 401) and ``not_found_status`` (200 per the spec, or 404) pick between the
-    forms clients must both handle.
+    forms clients must both handle. ``clock`` (Unix seconds) times ``ready_after`` and link expiry; a test
+    passes its own to move time instead of sleeping.
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class BFLEmulator:
         not_found_status: int = 200,
         request_log_limit: int = DEFAULT_LOG_LIMIT,
         task_limit: int = DEFAULT_TASK_LIMIT,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.accepted_keys = accepted_keys
         self.pending_polls = pending_polls
@@ -137,7 +139,8 @@ class BFLEmulator:
         self._balances: dict[str, float] = {}
         self._tasks = TaskStore(task_limit)
         self._log = RequestLog(request_log_limit)
-        self._files = HostedFiles()
+        self.clock = clock
+        self._files = HostedFiles(clock=clock)
         self._secret = secrets.token_bytes(16)
         self._pauses: set[anyio.CancelScope] = set()
 
@@ -340,7 +343,8 @@ class BFLEmulator:
             job=self._job(spec, params, decoded, width, height),
             outcome=outcome,
             pending_polls=self.pending_polls + triggers.extra_polls,
-            ready_at=time.monotonic() + self.ready_after,
+            ready_at=self.clock() + self.ready_after,
+            clock=self.clock,
             cost=cost,
             input_mp=input_mp,
             output_mp=output_mp,

@@ -28,6 +28,7 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -66,6 +67,7 @@ class Task:
     outcome: TaskStatus
     pending_polls: int
     ready_at: float
+    clock: Callable[[], float]
     cost: float
     input_mp: float
     output_mp: float
@@ -81,7 +83,7 @@ class Task:
     def advance(self) -> TaskStatus:
         """The status for this poll: ``Pending`` until both the poll count and the time allow, then the outcome."""
         if self.status is TaskStatus.PENDING:
-            if self.pending_answered < self.pending_polls or time.monotonic() < self.ready_at:
+            if self.pending_answered < self.pending_polls or self.clock() < self.ready_at:
                 self.pending_answered += 1
                 return TaskStatus.PENDING
             self.settle()

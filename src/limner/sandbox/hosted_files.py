@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -48,15 +49,16 @@ class HostedFile:
 class HostedFiles:
     """Name → bytes with expiry; names are random, like the signed blob links of the real service."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, clock: Callable[[], float] = time.time) -> None:
         self._files: OrderedDict[str, HostedFile] = OrderedDict()
         self._capacity = capacity
+        self.clock = clock  # Unix seconds; a test passes its own to expire links without waiting
 
     def put(self, data: bytes, media_type: str, ttl: float) -> str:
         """Store ``data`` for ``ttl`` seconds and return the file name to put in a URL."""
         extension = _MEDIA_EXTENSIONS.get(media_type, "bin")
         name = f"img-{uuid.uuid4().hex}.{extension}"
-        self._files[name] = HostedFile(data, media_type, time.time() + ttl)
+        self._files[name] = HostedFile(data, media_type, self.clock() + ttl)
         while len(self._files) > self._capacity:
             self._files.popitem(last=False)
         return name
@@ -66,7 +68,7 @@ class HostedFiles:
         found = self._files.get(name)
         if found is None:
             return Lookup.MISSING, None
-        if time.time() >= found.expires_at:
+        if self.clock() >= found.expires_at:
             return Lookup.EXPIRED, found
         return Lookup.FOUND, found
 

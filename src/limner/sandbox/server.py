@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Generator
 from contextlib import asynccontextmanager
@@ -117,6 +118,26 @@ class _QuietH11Protocol(H11Protocol):
         self.access_log = False
 
 
+_UVICORN_LOG = logging.getLogger("uvicorn.error")
+
+
+class _QuietStartFilter(logging.Filter):
+    """Drops uvicorn's "running on ... (Press CTRL+C to quit)" line for the sandbox's own port.
+
+    The sandbox runs inside another program (``limner serve``, the CLI, a test) that announces the
+    addresses itself; Ctrl+C belongs to that program. Only the line naming this port is dropped, so the
+    host program's own uvicorn keeps its message.
+    """
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Uvicorn running on") and f":{self.port} " in message)
+
+
 class _EmbeddedServer(uvicorn.Server):
     """uvicorn that leaves signals to its host program and stops as soon as it is asked."""
 
@@ -129,9 +150,6 @@ class _EmbeddedServer(uvicorn.Server):
     def capture_signals(self) -> Generator[None, None, None]:
         """Install nothing: SIGINT and SIGTERM belong to the program that hosts the sandbox."""
         yield
-
-    def _log_started_message(self, listeners: Any) -> None:
-        """Stay quiet; the caller knows the address from :class:`RunningSandbox`."""
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """Start, then tell :func:`serve_sandbox` it may hand out the address."""
@@ -186,10 +204,15 @@ async def serve_sandbox(
         timeout_graceful_shutdown=_SHUTDOWN_GRACE_SECONDS,
     )
     server = _EmbeddedServer(config)
+    quiet = _QuietStartFilter(real_port)
+    _UVICORN_LOG.addFilter(quiet)
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"limner-sandbox:{real_port}")
     try:
         try:
-            await _wait_ready(server, task)
+            try:
+                await _wait_ready(server, task)
+            finally:
+                _UVICORN_LOG.removeFilter(quiet)
             url_host = f"[{host}]" if ":" in host else host
             base_url = f"http://{url_host}:{real_port}"
             yield RunningSandbox(sandbox, host, real_port, base_url, sandbox.urls(base_url))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio.to_thread
 
+from limner.crashpoints import crash_point_sync
 from limner.errors import StorageError
 
 __all__ = ["LocalBlobStore"]
@@ -185,6 +186,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point_sync("storage.temporary_written")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
