@@ -29,6 +29,7 @@ from limner.errors import ConfigurationError, ToolNotFoundError
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
+from limner.periodic import repeating
 from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
@@ -153,6 +154,16 @@ class Runtime:
             if with_tools:
                 runtime.chat_client = await _http_client(settings, stack, sandbox=sandbox is not None and sandbox.chat)
             yield runtime
+
+    @asynccontextmanager
+    async def chores(self) -> AsyncIterator[None]:
+        """A long-running server's background work (``limner serve``); the CLI's short commands skip it.
+
+        Today the sweep of files left by a crash mid-save, so nobody has to remember ``limner db sweep``.
+        """
+        sweep = self.library.sweep_and_report
+        async with repeating(sweep, self.settings.sweep_interval, name="sweep of orphaned files"):
+            yield
 
     def tools(self) -> dict[str, ToolSpec[Any]]:
         """Every tool that can run now, by wire name."""

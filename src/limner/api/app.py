@@ -37,7 +37,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             async with mcp_endpoint.running(runtime):
                 yield
             return
-        async with Runtime.open(settings) as opened, mcp_endpoint.running(opened):
+        async with Runtime.open(settings) as opened, opened.chores(), mcp_endpoint.running(opened):
             app.state.runtime = opened
             yield
 
