@@ -46,6 +46,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         version=__version__,
         summary="Image generation and editing as tools for AI agents.",
         lifespan=lifespan,
+        docs_url=None,  # served by limner.web from the package: FastAPI's page loads Swagger UI from a CDN
+        redoc_url=None,  # the same for ReDoc; /docs is the one documentation page
     )
     if runtime is not None:
         app.state.runtime = runtime
