@@ -245,3 +245,40 @@ def test_installed_command_in_a_narrow_pipe_prints_whole_lines_and_no_progress(t
     )
     (row,) = listed.stdout.splitlines()
     assert row.split("\t")[0] == image_id and row.split("\t")[-1] == "a field"
+
+
+def _every_command() -> list[list[str]]:
+    import typer.main
+
+    found: list[list[str]] = []
+
+    def walk(group: object, path: list[str]) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            found.append([*path, name])
+            walk(command, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=" ".join)
+def test_help_reads_like_a_manual(command: list[str]) -> None:
+    """Every option shows a word for its value (`--size WxH`), flags show none (not `--json <bool>`), lists
+    no Python type (`<list[str]>`), usage no lower-case placeholder (`{prompt}`), and `-n` is not `--n`.
+
+    typer's own conventions stay: `{PROMPT}` marks a required argument in the usage line, and an argument's
+    row names its type (`PROMPT <str>`, `IMAGE_ID... <list[str]>`); an option's row never does.
+    """
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = result.output
+    assert re.findall(r"<bool>|\{[a-z_]+\}|--n\b", text) == [], text
+    option_rows = [line for line in text.splitlines() if line.lstrip().startswith("-")]
+    assert [row for row in option_rows if re.search(r"<[a-z ]+>", row)] == [], text
+
+
+@pytest.mark.parametrize("command", [["images", "list"], ["tokens", "list"], ["users", "list"], ["db", "upgrade"]])
+def test_commands_that_call_no_tool_do_not_mention_the_sandbox(command: list[str]) -> None:
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "sandbox" not in result.output.lower()
