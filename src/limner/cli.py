@@ -743,9 +743,7 @@ def tokens_list(
 
 @tokens_app.command("revoke")
 def tokens_revoke(
-    token_ids: Annotated[
-        list[str], typer.Argument(metavar="TOKEN_ID", help="Token IDs (from `limner tokens list`).")
-    ],
+    token_ids: Annotated[list[str], typer.Argument(metavar="TOKEN_ID", help="Token IDs (from `limner tokens list`).")],
 ) -> None:
     """Delete API tokens; a running server stops accepting them within 30 seconds."""
 
