@@ -97,7 +97,10 @@ class Runtime:
             model = None  # an agent saved before the operator narrowed the list falls back to the default
         if model not in self._runners:
             if self.chat_client is None:
-                raise ConfigurationError("The chat agent is not available in this command.")
+                raise ConfigurationError(
+                    "The chat agent is not available in this command.",
+                    hint="Use `limner chat` or the web UI of `limner serve` to talk to the agent.",
+                )
             settings = self.settings if model is None else self.settings.model_copy(update={"chat_model": model})
             sandbox_url = self.sandbox.urls["chat"] if self.sandbox is not None and self.sandbox.chat else None
             choice = resolve_chat_model(settings, sandbox_url=sandbox_url, http_client=self.chat_client)
@@ -180,8 +183,13 @@ class Runtime:
             return spec
         status = next((st for s, st in self.all_tools() if s.name == name), None)
         if status is not None:
-            raise ConfigurationError(f"The tool {name} is not available: {status.reason}.")
-        raise ToolNotFoundError(f"There is no tool named {name!r}.", hint="GET /api/tools lists the tools.")
+            raise ConfigurationError(
+                f"The tool {name} is not available: {status.reason}.",
+                hint="An operator can configure it (the README's configuration table names each setting); "
+                "the other tools work meanwhile.",
+            )
+        available = ", ".join(sorted(self.tools()))
+        raise ToolNotFoundError(f"There is no tool named {name!r}.", hint=f"The tools available now: {available}.")
 
     def all_tools(self) -> list[tuple[ToolSpec[Any], FamilyStatus | None]]:
         """Every tool, available or not, with its family's status (library tools have none)."""

@@ -78,7 +78,7 @@ def test_export_and_delete(tmp_path: Path) -> None:
 def test_errors_have_exit_codes_and_hints() -> None:
     result = runner.invoke(app, ["generate", "x", "--size", "999x999"])
     assert result.exit_code == 65
-    assert "size" in result.output
+    assert "size" in result.output and "call again" not in result.output  # words for a person, not the LLM
     result = runner.invoke(app, ["edit", "img_01JD0000000000000000000000", "--prompt", "p"])
     assert result.exit_code == 66
 
@@ -157,6 +157,7 @@ def test_no_sandbox_notice_when_a_provider_is_configured(monkeypatch: pytest.Mon
     assert result.exit_code == 69
     assert "sandbox" not in result.output.lower()
     assert "Could not connect" in result.output
+    assert "Check IMAGE_GEN_OAI_BASEURL (now http://127.0.0.1:9/v1)" in result.output  # the setting to change
 
 
 def test_version_prints_the_package_version() -> None:
