@@ -18,7 +18,6 @@ right password, without hashing anything. Names are case-insensitive.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -45,6 +44,7 @@ from limner.errors import (
     TooManyAttemptsError,
 )
 from limner.ids import hash_token, new_row_id
+from limner.periodic import repeating
 from limner.throttle import AttemptCounter, MemoryAttemptCounter
 
 if TYPE_CHECKING:
@@ -205,23 +205,18 @@ class Accounts:
     async def sweeping(self, interval: float = _SWEEP_INTERVAL) -> AsyncIterator[None]:
         """Sweep now, then every ``interval`` seconds until the block ends (the runtime's lifetime)."""
         await self.sweep_expired()
+        warmed = False
 
-        async def every() -> None:
-            await self._hash_work(_dummy_hash)  # ready before the first unknown name, off the start-up path
-            while True:
-                await asyncio.sleep(interval)
-                try:
-                    await self.sweep_expired()
-                except Exception:  # a locked database now is no reason to stop sweeping later
-                    log.warning("sweeping expired sessions and tokens failed", exc_info=True)
+        async def chore() -> None:
+            nonlocal warmed
+            if warmed:
+                await self.sweep_expired()
+            else:  # the first round, right after start: the dummy hash, ready before the first unknown name
+                await self._hash_work(_dummy_hash)
+                warmed = True
 
-        task = asyncio.create_task(every(), name="limner-sweep-expired")
-        try:
+        async with repeating(chore, interval, name="sweep of expired sessions and tokens"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def check_credentials(name: str, password: str) -> None:

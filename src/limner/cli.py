@@ -73,11 +73,12 @@ app = typer.Typer(
     help="Image generation and editing as tools for AI agents.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: typer's rich panels print Python types (`--json <bool>`)
 )
-images_app = typer.Typer(help="List, show, export and delete images.", no_args_is_help=True)
-users_app = typer.Typer(help="Manage users.", no_args_is_help=True)
-tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
-db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+images_app = typer.Typer(help="List, show, export and delete images.", no_args_is_help=True, rich_markup_mode=None)
+users_app = typer.Typer(help="Manage users.", no_args_is_help=True, rich_markup_mode=None)
+tokens_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True, rich_markup_mode=None)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(images_app, name="images")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
@@ -200,8 +201,8 @@ def _main(
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Address to listen on (LIMNER_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on (LIMNER_PORT).")] = None,
+    host: Annotated[str | None, typer.Option(metavar="ADDRESS", help="Address to listen on (LIMNER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(metavar="PORT", help="Port to listen on (LIMNER_PORT).")] = None,
 ) -> None:
     """Run the HTTP API (and, with no provider configured, the built-in emulators)."""
     import uvicorn
@@ -276,8 +277,8 @@ def _bind_error(host: str, port: int, exc: OSError) -> LimnerError:
 
 @app.command()
 def sandbox(
-    port: Annotated[int, typer.Option(help="Port of the emulators (0: any free port).")] = 8481,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port of the emulators (0: any free port).")] = 8481,
+    host: Annotated[str, typer.Option(metavar="ADDRESS", help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Serve the upstream emulators on their own, for any client, offline."""
     from limner.runtime import default_sandbox
@@ -345,15 +346,17 @@ def _show_made(made: tuple[list[ImageRecord], list[Path]], as_json: bool) -> Non
 
 @app.command()
 def generate(
-    prompt: Annotated[str, typer.Argument(help="What to draw.")],
-    size: Annotated[str | None, typer.Option(help="e.g. 1024x1024, 1536x1024, auto.")] = None,
-    quality: Annotated[str | None, typer.Option(help="auto, low, medium, high.")] = None,
-    background: Annotated[str | None, typer.Option(help="auto, transparent, opaque.")] = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", min=1, max=10, help="How many images.")] = None,
-    negative: Annotated[str | None, typer.Option(help="What must not appear (stable-diffusion).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder to write the images to.")] = None,
+    prompt: Annotated[str, typer.Argument(metavar="PROMPT", help="What to draw.")],
+    size: Annotated[str | None, typer.Option(metavar="WxH", help="e.g. 1024x1024, 1536x1024, auto.")] = None,
+    quality: Annotated[str | None, typer.Option(metavar="LEVEL", help="auto, low, medium, high.")] = None,
+    background: Annotated[str | None, typer.Option(metavar="KIND", help="auto, transparent, opaque.")] = None,
+    n: Annotated[int | None, typer.Option("-n", metavar="N", min=1, max=10, help="How many images.")] = None,
+    negative: Annotated[
+        str | None, typer.Option(metavar="TEXT", help="What must not appear (stable-diffusion).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Folder to write the images to.")] = None,
     tool: Annotated[
-        str, typer.Option(help="Generation tool: image_gen_oai, dalle, stable-diffusion or flux.")
+        str, typer.Option(metavar="TOOL", help="Generation tool: image_gen_oai, dalle, stable-diffusion or flux.")
     ] = "image_gen_oai",
     user: UserOption = None,
     as_json: JsonOption = False,
@@ -393,15 +396,19 @@ def _tool_arguments(
 
 @app.command()
 def edit(
-    image_ids: Annotated[list[str], typer.Argument(help="IDs of the images to edit (the first is the main one).")],
-    prompt: Annotated[str, typer.Option("--prompt", "-p", help="What to change.")],
-    mask: Annotated[Path | None, typer.Option(help="PNG whose transparent pixels mark the area to change.")] = None,
-    size: Annotated[str | None, typer.Option(help="Output size.")] = None,
-    quality: Annotated[str | None, typer.Option(help="auto, low, medium, high.")] = None,
-    n: Annotated[int | None, typer.Option("--n", "-n", min=1, max=10, help="How many variants.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Folder to write the images to.")] = None,
+    image_ids: Annotated[
+        list[str], typer.Argument(metavar="IMAGE_ID", help="IDs of the images to edit (the first is the main one).")
+    ],
+    prompt: Annotated[str, typer.Option("--prompt", "-p", metavar="PROMPT", help="What to change.")],
+    mask: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="PNG whose transparent pixels mark the area to change.")
+    ] = None,
+    size: Annotated[str | None, typer.Option(metavar="WxH", help="Output size.")] = None,
+    quality: Annotated[str | None, typer.Option(metavar="LEVEL", help="auto, low, medium, high.")] = None,
+    n: Annotated[int | None, typer.Option("-n", metavar="N", min=1, max=10, help="How many variants.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Folder to write the images to.")] = None,
     tool: Annotated[
-        str, typer.Option(help="Editing tool: image_edit_oai, stable-diffusion-edit or flux.")
+        str, typer.Option(metavar="TOOL", help="Editing tool: image_edit_oai, stable-diffusion-edit or flux.")
     ] = "image_edit_oai",
     user: UserOption = None,
     as_json: JsonOption = False,
@@ -429,9 +436,9 @@ def edit(
 
 @app.command()
 def chat(
-    out: Annotated[Path, typer.Option(help="Folder the images are saved to.")] = Path("limner-images"),
-    conversation: Annotated[str | None, typer.Option(help="Continue this conversation (ID).")] = None,
-    agent: Annotated[str | None, typer.Option(help="Agent ID for a new conversation.")] = None,
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder the images are saved to.")] = Path("limner-images"),
+    conversation: Annotated[str | None, typer.Option(metavar="ID", help="Continue this conversation (ID).")] = None,
+    agent: Annotated[str | None, typer.Option(metavar="ID", help="Agent ID for a new conversation.")] = None,
     user: UserOption = None,
 ) -> None:
     """Talk to the agent in the terminal: /attach ID... attaches images to the next message, /quit leaves."""
@@ -502,7 +509,8 @@ async def _chat_turn(
 @app.command("mcp")
 def mcp_command(
     user: Annotated[
-        str | None, typer.Option(help="Act as this existing user (default: the local user, LIMNER_LOCAL_USER).")
+        str | None,
+        typer.Option(metavar="NAME", help="Act as this existing user (default: the local user, LIMNER_LOCAL_USER)."),
     ] = None,
 ) -> None:
     """Serve limner's tools to an MCP client over stdin/stdout (Claude Desktop, IDEs, agents)."""
@@ -519,8 +527,8 @@ def mcp_command(
 
 @images_app.command("list")
 def images_list(
-    limit: Annotated[int, typer.Option(min=1, max=500, help="How many.")] = 20,
-    source: Annotated[str | None, typer.Option(help="generated, edited, uploaded or mcp.")] = None,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, max=500, help="How many.")] = 20,
+    source: Annotated[str | None, typer.Option(metavar="SOURCE", help="generated, edited, uploaded or mcp.")] = None,
     user: UserOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -553,7 +561,9 @@ def images_list(
 
 
 @images_app.command("show")
-def images_show(image_id: Annotated[str, typer.Argument(help="Image ID.")], user: UserOption = None) -> None:
+def images_show(
+    image_id: Annotated[str, typer.Argument(metavar="IMAGE_ID", help="Image ID.")], user: UserOption = None
+) -> None:
     """An image's record and parents, as JSON."""
 
     async def work(runtime: Runtime) -> dict[str, Any]:
@@ -569,8 +579,8 @@ def images_show(image_id: Annotated[str, typer.Argument(help="Image ID.")], user
 
 @images_app.command("export")
 def images_export(
-    image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")],
-    out: Annotated[Path, typer.Option(help="Folder to write to.")] = Path(),
+    image_ids: Annotated[list[str], typer.Argument(metavar="IMAGE_ID", help="Image IDs.")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Folder to write to.")] = Path(),
     user: UserOption = None,
 ) -> None:
     """Write images to files named after their IDs."""
@@ -584,7 +594,9 @@ def images_export(
 
 
 @images_app.command("delete")
-def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs.")], user: UserOption = None) -> None:
+def images_delete(
+    image_ids: Annotated[list[str], typer.Argument(metavar="IMAGE_ID", help="Image IDs.")], user: UserOption = None
+) -> None:
     """Delete images."""
 
     async def work(runtime: Runtime) -> None:
@@ -601,7 +613,7 @@ def images_delete(image_ids: Annotated[list[str], typer.Argument(help="Image IDs
 
 @users_app.command("create")
 def users_create(
-    name: Annotated[str, typer.Argument(help="Unique user name (case-insensitive).")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="Unique user name (case-insensitive).")],
     admin: Annotated[bool, typer.Option(help="Make the user an administrator.")] = False,
     password: Annotated[
         bool, typer.Option("--password", help="Ask for a password, so the user can sign in to the web UI.")
@@ -645,7 +657,7 @@ def users_list() -> None:
 
 @users_app.command("admin")
 def users_admin(
-    name: Annotated[str, typer.Argument(help="The user's name.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The user's name.")],
     revoke: Annotated[bool, typer.Option("--revoke", help="Take the administrator role away instead.")] = False,
 ) -> None:
     """Make a user an administrator (or, with --revoke, no longer one)."""
@@ -673,10 +685,13 @@ def _duration(text: str) -> timedelta:
 
 @tokens_app.command("create")
 def tokens_create(
-    user: Annotated[str, typer.Option("--user", help="User the token acts as (created if missing).")],
-    name: Annotated[str, typer.Option(help="A label for the token.")] = "",
+    user: Annotated[str, typer.Option("--user", metavar="NAME", help="User the token acts as (created if missing).")],
+    name: Annotated[str, typer.Option(metavar="LABEL", help="A label for the token.")] = "",
     expires_in: Annotated[
-        str | None, typer.Option("--expires-in", help="Lifetime, e.g. 30d, 12h, 2w or days; default: never expires.")
+        str | None,
+        typer.Option(
+            "--expires-in", metavar="DURATION", help="Lifetime, e.g. 30d, 12h, 2w or days; default: never expires."
+        ),
     ] = None,
 ) -> None:
     """Create an API token; it is printed once, as the last word of the output."""
@@ -701,7 +716,9 @@ def _when(moment: datetime | None) -> str:
 
 @tokens_app.command("list")
 def tokens_list(
-    user: Annotated[str | None, typer.Option("--user", help="Only this user's tokens; default: everyone's.")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", metavar="NAME", help="Only this user's tokens; default: everyone's.")
+    ] = None,
 ) -> None:
     """API tokens: ID, user, name, first characters, created, last used, expiry (never the secret)."""
 
@@ -726,7 +743,7 @@ def tokens_list(
 
 @tokens_app.command("revoke")
 def tokens_revoke(
-    token_ids: Annotated[list[str], typer.Argument(help="Token IDs (from `limner tokens list`).")],
+    token_ids: Annotated[list[str], typer.Argument(metavar="TOKEN_ID", help="Token IDs (from `limner tokens list`).")],
 ) -> None:
     """Delete API tokens; a running server stops accepting them within 30 seconds."""
 
@@ -768,7 +785,9 @@ def db_upgrade() -> None:
 
 @db_app.command("sweep")
 def db_sweep(
-    min_age: Annotated[float, typer.Option(help="Only remove orphan files older than this many seconds.")] = 3600.0,
+    min_age: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Only remove orphan files older than this many seconds.")
+    ] = 3600.0,
 ) -> None:
     """Remove stored files that no image record points at (left by a crash mid-save)."""
 

@@ -273,6 +273,10 @@ class Settings(BaseSettings):
     stay refused). The built-in sandbox allows its own URLs without this."""
     local_user: str = Field("local", min_length=1, validation_alias=_env("LIMNER_LOCAL_USER"))
     """Name of the user the CLI acts as when it works on the local data dir."""
+    sweep_interval: float = Field(3600.0, ge=0, validation_alias=_env("LIMNER_SWEEP_INTERVAL"))
+    """Seconds between sweeps that remove stored files no image record points at (left by a crash
+    mid-save; only files older than an hour, so saves in flight are safe). The first runs just after
+    start. 0: never (`limner db sweep` by hand)."""
     log_level: str = Field("INFO", validation_alias=_env("LIMNER_LOG_LEVEL"))
     """Log level of `limner serve` (DEBUG, INFO, WARNING, ERROR)."""
 

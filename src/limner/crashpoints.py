@@ -5,7 +5,9 @@ sleep before the kill lands early on a slow machine and late on a fast one. So t
 dangerous moments (a blob on disk without its row, a migration half applied) with :func:`crash_point`,
 and a test starts limner with ``LIMNER_CRASH_POINT=<name>`` (or ``<name>@<n>``: let ``n - 1`` arrivals
 pass, hold from the ``n``-th on). The holding arrival writes ``limner: crash point <name> reached`` to
-standard error, then waits for the signal the test sends; later arrivals are held as well.
+standard error, then waits for the signal the test sends; later arrivals are held as well. With
+``<name>@<n>:kill`` the ``n``-th arrival kills its own process with SIGKILL instead, at exactly that
+moment: the way to crash a short command (``limner db upgrade``) at its hundredth statement.
 
 This is test plumbing, not a setting: it is read from the process environment when first needed, it is
 not in the configuration table, and unset it costs one comparison per point.
@@ -14,6 +16,7 @@ not in the configuration table, and unset it costs one comparison per point.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 from functools import cache
@@ -29,12 +32,13 @@ _arrivals: dict[str, int] = {}
 
 
 @cache
-def _armed() -> tuple[str, int] | None:
+def _armed() -> tuple[str, int, bool] | None:
     raw = os.environ.get(ENV_NAME, "").strip()
     if not raw:
         return None
+    raw, _, action = raw.partition(":")
     name, _, nth = raw.partition("@")
-    return name, int(nth) if nth else 1
+    return name, int(nth) if nth else 1, action == "kill"
 
 
 def _should_hold(name: str) -> bool:
@@ -49,6 +53,8 @@ def _should_hold(name: str) -> bool:
     if arrival == armed[1]:
         sys.stderr.write(f"limner: crash point {name} reached\n")
         sys.stderr.flush()
+        if armed[2]:
+            os.kill(os.getpid(), signal.SIGKILL)
     return True
 
 

@@ -81,14 +81,21 @@ __all__ = [
 
 
 class LimnerError(Exception):
-    """Base of every error a user can meet; carries a safe message, a hint and a stable code."""
+    """Base of every error a user can meet; carries a safe message, a hint and a stable code.
+
+    ``hint`` is written for a person (in the web UI, an HTTP client's log, a terminal) and names the
+    setting to change where there is one; ``llm_hint``, when the model should act differently from a
+    person (call again with other arguments, never invent an ID), is what the agent reads instead.
+    Front ends that know their reader better (the CLI) reword by ``code``.
+    """
 
     code: ClassVar[str] = "limner_error"
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, llm_hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.llm_hint = llm_hint
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}" if self.hint else self.message
@@ -183,7 +190,8 @@ class ImageNotFoundError(InputError):
     def __init__(self, image_id: str) -> None:
         super().__init__(
             f"No image with ID {image_id!r} was found.",
-            hint="Use an image ID from this conversation or from image_list; do not invent IDs.",
+            hint="Check the ID: the image may have been deleted, or it belongs to another account.",
+            llm_hint="Use an image ID from this conversation or from image_list; do not invent IDs.",
         )
         self.image_id = image_id
 
@@ -264,7 +272,9 @@ class ProviderError(LimnerError):
         retry_after: float | None = None,
         request_id: str | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
+        # A message starts with who failed, and a display name may begin in lower case ("limner's sandbox
+        # ...", "the Stable Diffusion web UI ..."): the sentence still starts with a capital.
+        super().__init__(message[:1].upper() + message[1:], hint=hint)
         self.provider = provider
         self.endpoint = endpoint
         self.status_code = status_code

@@ -322,6 +322,17 @@ class ImageLibrary:
             await self.store.delete(key)
             return 1
 
+    async def sweep_and_report(self) -> SweepReport:
+        """:meth:`sweep` with its default age, logged when it removed something (the scheduled sweep)."""
+        report = await self.sweep()
+        if report.orphan_blobs_removed or report.temporaries_removed:
+            log.info(
+                "sweep removed %d stored files without a record and %d temporary files",
+                report.orphan_blobs_removed,
+                report.temporaries_removed,
+            )
+        return report
+
     def _locked(self, keys: Sequence[str]) -> _MultiLock:
         stripes = sorted({hash(key) % _LOCK_STRIPES for key in keys})
         return _MultiLock([self._locks[i] for i in stripes])

@@ -29,6 +29,7 @@ from limner.errors import ConfigurationError, ToolNotFoundError
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
+from limner.periodic import repeating
 from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
@@ -96,7 +97,10 @@ class Runtime:
             model = None  # an agent saved before the operator narrowed the list falls back to the default
         if model not in self._runners:
             if self.chat_client is None:
-                raise ConfigurationError("The chat agent is not available in this command.")
+                raise ConfigurationError(
+                    "The chat agent is not available in this command.",
+                    hint="Use `limner chat` or the web UI of `limner serve` to talk to the agent.",
+                )
             settings = self.settings if model is None else self.settings.model_copy(update={"chat_model": model})
             sandbox_url = self.sandbox.urls["chat"] if self.sandbox is not None and self.sandbox.chat else None
             choice = resolve_chat_model(settings, sandbox_url=sandbox_url, http_client=self.chat_client)
@@ -154,6 +158,16 @@ class Runtime:
                 runtime.chat_client = await _http_client(settings, stack, sandbox=sandbox is not None and sandbox.chat)
             yield runtime
 
+    @asynccontextmanager
+    async def chores(self) -> AsyncIterator[None]:
+        """A long-running server's background work (``limner serve``); the CLI's short commands skip it.
+
+        Today the sweep of files left by a crash mid-save, so nobody has to remember ``limner db sweep``.
+        """
+        sweep = self.library.sweep_and_report
+        async with repeating(sweep, self.settings.sweep_interval, name="sweep of orphaned files"):
+            yield
+
     def tools(self) -> dict[str, ToolSpec[Any]]:
         """Every tool that can run now, by wire name."""
         found = {spec.name: spec for spec in self._library_tools}
@@ -169,8 +183,13 @@ class Runtime:
             return spec
         status = next((st for s, st in self.all_tools() if s.name == name), None)
         if status is not None:
-            raise ConfigurationError(f"The tool {name} is not available: {status.reason}.")
-        raise ToolNotFoundError(f"There is no tool named {name!r}.", hint="GET /api/tools lists the tools.")
+            raise ConfigurationError(
+                f"The tool {name} is not available: {status.reason}.",
+                hint="An operator can configure it (the README's configuration table names each setting); "
+                "the other tools work meanwhile.",
+            )
+        available = ", ".join(sorted(self.tools()))
+        raise ToolNotFoundError(f"There is no tool named {name!r}.", hint=f"The tools available now: {available}.")
 
     def all_tools(self) -> list[tuple[ToolSpec[Any], FamilyStatus | None]]:
         """Every tool, available or not, with its family's status (library tools have none)."""

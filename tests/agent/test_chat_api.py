@@ -117,7 +117,7 @@ async def test_a_tool_error_reaches_the_model_which_says_what_to_do(api: httpx2.
     (failed,) = of_type(events, "tool_failed")
     assert failed["code"] == "content_policy" and failed["hint"]
     done = of_type(events, "done")[0]
-    assert "failed" in done["text"] and "What to do" in done["text"]
+    assert "did not work" in done["text"] and failed["hint"] in done["text"]  # the person hears what to do
     assert of_type(events, "image_ready") == []
 
 

@@ -482,3 +482,21 @@ def test_markdown_and_event_stream_parsing_are_safe(server: LimnerServer, visit:
     assert result["paragraphs"] == 2
     assert result["imageRefs"] == ["img_01ARZ3NDEKTSV4RRFFQ69G5FAV"]
     assert result["events"] == [{"event": "text_delta", "data": '{"text": "a"}'}, {"event": "done", "data": "{}"}]
+
+
+def test_api_docs_work_offline_under_the_strict_csp(server: LimnerServer, visit: Callable[..., Visitor]) -> None:
+    """/docs, which the quick start points at, renders from limner's own files: no CDN (tests have no internet)."""
+    visitor = visit(server)
+    page = visitor.page
+    outside: list[str] = []
+    page.on("request", lambda request: outside.append(request.url) if not request.url.startswith(server.url) else None)
+    response = page.goto(server.url + "/docs")
+    assert response is not None and response.status == 200
+    assert "unsafe-inline" not in response.headers["content-security-policy"]
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("limner")
+    expect(page.locator(".opblock-summary-path", has_text="/api/tools/{name}").first).to_be_visible()
+    page.locator(".opblock-summary-path", has_text="/api/health").first.click()  # an operation opens
+    expect(page.get_by_role("button", name="Try it out").first).to_be_visible()
+    visitor.shot("api-docs")
+    assert outside == []
+    assert page.request.get(server.url + "/redoc").status == 404  # no second page that needs a CDN

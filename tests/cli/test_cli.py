@@ -78,7 +78,7 @@ def test_export_and_delete(tmp_path: Path) -> None:
 def test_errors_have_exit_codes_and_hints() -> None:
     result = runner.invoke(app, ["generate", "x", "--size", "999x999"])
     assert result.exit_code == 65
-    assert "size" in result.output
+    assert "size" in result.output and "call again" not in result.output  # words for a person, not the LLM
     result = runner.invoke(app, ["edit", "img_01JD0000000000000000000000", "--prompt", "p"])
     assert result.exit_code == 66
 
@@ -157,6 +157,7 @@ def test_no_sandbox_notice_when_a_provider_is_configured(monkeypatch: pytest.Mon
     assert result.exit_code == 69
     assert "sandbox" not in result.output.lower()
     assert "Could not connect" in result.output
+    assert "Check IMAGE_GEN_OAI_BASEURL (now http://127.0.0.1:9/v1)" in result.output  # the setting to change
 
 
 def test_version_prints_the_package_version() -> None:
@@ -245,3 +246,40 @@ def test_installed_command_in_a_narrow_pipe_prints_whole_lines_and_no_progress(t
     )
     (row,) = listed.stdout.splitlines()
     assert row.split("\t")[0] == image_id and row.split("\t")[-1] == "a field"
+
+
+def _every_command() -> list[list[str]]:
+    import typer.main
+
+    found: list[list[str]] = []
+
+    def walk(group: object, path: list[str]) -> None:
+        for name, command in getattr(group, "commands", {}).items():
+            found.append([*path, name])
+            walk(command, [*path, name])
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+@pytest.mark.parametrize("command", _every_command(), ids=" ".join)
+def test_help_reads_like_a_manual(command: list[str]) -> None:
+    """Every option shows a word for its value (`--size WxH`), flags show none (not `--json <bool>`), lists
+    no Python type (`<list[str]>`), usage no lower-case placeholder (`{prompt}`), and `-n` is not `--n`.
+
+    typer's own conventions stay: `{PROMPT}` marks a required argument in the usage line, and an argument's
+    row names its type (`PROMPT <str>`, `IMAGE_ID... <list[str]>`); an option's row never does.
+    """
+    result = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = result.output
+    assert re.findall(r"<bool>|\{[a-z_]+\}|--n\b", text) == [], text
+    option_rows = [line for line in text.splitlines() if line.lstrip().startswith("-")]
+    assert [row for row in option_rows if re.search(r"<[a-z ]+>", row)] == [], text
+
+
+@pytest.mark.parametrize("command", [["images", "list"], ["tokens", "list"], ["users", "list"], ["db", "upgrade"]])
+def test_commands_that_call_no_tool_do_not_mention_the_sandbox(command: list[str]) -> None:
+    result = runner.invoke(app, command)
+    assert result.exit_code == 0, result.output
+    assert "sandbox" not in result.output.lower()

@@ -461,8 +461,9 @@ async def test_failed_tool_result_is_quoted(client: openai.AsyncOpenAI) -> None:
         "What to do: Set IMAGE_GEN_OAI_API_KEY, or enter your key in the settings."
     )
     text = (await ask(client, after_generation(error))).choices[0].message.content or ""
-    assert "image_gen_oai call failed" in text
-    assert "What to do: Set IMAGE_GEN_OAI_API_KEY, or enter your key in the settings." in text
+    assert "That did not work (image_gen_oai): No OpenAI key is configured." in text
+    assert "Set IMAGE_GEN_OAI_API_KEY, or enter your key in the settings." in text
+    assert "Error (" not in text and "What to do" not in text  # said to a person, not quoted from the tool
 
 
 # -- tool_choice ---------------------------------------------------------------------------------
@@ -767,7 +768,7 @@ async def test_anthropic_images_inside_tool_results(claude: anthropic.AsyncAnthr
         max_tokens=1024,
         messages=anthropic_after_generation("Provider refused.\nWhat to do: Try another prompt.", is_error=True),
     )
-    assert "What to do: Try another prompt." in failed.content[0].text  # type: ignore[union-attr]
+    assert "Provider refused. Try another prompt." in failed.content[0].text  # type: ignore[union-attr]
 
 
 async def test_anthropic_errors(

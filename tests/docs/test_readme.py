@@ -61,9 +61,11 @@ def test_every_cli_command_is_documented() -> None:
 
 
 def test_every_error_code_is_in_the_error_table() -> None:
-    from limner.api.errors import STATUS_TABLE
+    from limner.api.errors import _HTTP_CODES, STATUS_TABLE
 
     errors = _section("Errors")
     for cls, _status in STATUS_TABLE:
         if cls.code not in ("limner_error", "provider_error", "invalid_input"):
             assert f"`{cls.code}`" in errors, cls.code
+    for code in [*_HTTP_CODES.values(), "invalid_request", "internal_error"]:  # the HTTP layer's own codes
+        assert f"`{code}`" in errors, code

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from pathlib import Path
 
 import pytest
 
 from limner.backends.base import ImageOutput
 from limner.errors import ImageNotFoundError, UnsupportedImageError
-from limner.library import Provenance
+from limner.library import Provenance, SweepReport
 from limner.runtime import Runtime
 from tests import images
-from tests.conftest import create_user
+from tests.conftest import create_user, make_settings
 
 UPLOAD = Provenance(source="uploaded")
 
@@ -147,3 +149,35 @@ async def test_reusing_an_old_orphan_blob_protects_it_from_the_sweep(runtime: Ru
     assert report.orphan_blobs_removed == 0
     ((_, blob),) = await runtime.library.read_many(owner, [second.id])
     assert blob == data
+
+
+async def test_a_server_sweeps_orphans_on_a_schedule_and_spares_young_files(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, sweep_interval=0.05)
+    async with Runtime.open(settings) as runtime:
+        store = runtime.library.store
+        old_orphan, young_orphan = "images/ab/" + "ab" * 32, "images/cd/" + "cd" * 32
+        await store.put(old_orphan, b"left by a crash two hours ago")
+        await store.put(young_orphan, b"an in-flight save's blob, its row not yet written")
+        old = time.time() - 7200
+        os.utime(settings.data_dir / "blobs" / old_orphan, (old, old))
+        async with runtime.chores():  # what `limner serve` runs beside serving
+            async with asyncio.timeout(60):
+                while await store.exists(old_orphan):
+                    await asyncio.sleep(0.02)
+        assert await store.exists(young_orphan)  # younger than an hour: a save in flight may still need it
+
+
+async def test_no_sweep_when_the_interval_is_zero(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, sweep_interval=0)
+    async with Runtime.open(settings) as runtime:
+        calls = 0
+
+        async def counting() -> SweepReport:
+            nonlocal calls
+            calls += 1
+            return SweepReport(0, 0, [])
+
+        runtime.library.sweep_and_report = counting  # type: ignore[method-assign]
+        async with runtime.chores():
+            await asyncio.sleep(0)
+        assert calls == 0

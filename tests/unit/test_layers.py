@@ -13,6 +13,7 @@ SRC = Path(limner.__file__).parent
 LAYERS: dict[str, int] = {
     "errors": 0,
     "crashpoints": 0,
+    "periodic": 0,
     "config": 0,
     "ids": 0,
     "backends": 1,

@@ -37,7 +37,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
             async with mcp_endpoint.running(runtime):
                 yield
             return
-        async with Runtime.open(settings) as opened, mcp_endpoint.running(opened):
+        async with Runtime.open(settings) as opened, opened.chores(), mcp_endpoint.running(opened):
             app.state.runtime = opened
             yield
 
@@ -46,6 +46,8 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
         version=__version__,
         summary="Image generation and editing as tools for AI agents.",
         lifespan=lifespan,
+        docs_url=None,  # served by limner.web from the package: FastAPI's page loads Swagger UI from a CDN
+        redoc_url=None,  # the same for ReDoc; /docs is the one documentation page
     )
     if runtime is not None:
         app.state.runtime = runtime

@@ -99,7 +99,7 @@ async def current_user(
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise HTTPException(
             401,
-            "Sign in: send an API token as 'Authorization: Bearer <token>'.",
+            "Not signed in, and no API token was sent.",
             headers={"WWW-Authenticate": "Bearer"},
         )
     cache: TokenCache = request.app.state.token_cache
@@ -109,7 +109,9 @@ async def current_user(
     async with runtime.db.unit_of_work() as session:
         found = await UserRepository(session).verify_token(credentials.credentials)
     if found is None:
-        raise HTTPException(401, "The API token is not valid.", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "The API token is not valid (mistyped, revoked or expired).", headers={"WWW-Authenticate": "Bearer"}
+        )
     user, row = found
     cache.put(credentials.credentials, user, expires_at=row.expires_at)
     return user

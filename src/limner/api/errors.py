@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -122,19 +123,42 @@ async def _limner_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    broken_json = next((err for err in errors if err.get("type") == "json_invalid"), None)
+    if broken_json is not None:
+        body = error_body("invalid_request", _json_problem(broken_json), "Send the body as one JSON object.")
+        return JSONResponse(body, status_code=422)
     parts = []
-    for err in exc.errors():
+    for err in errors:
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "request"
         parts.append(f"{where}: {err.get('msg', 'invalid')}")
-    body = error_body("invalid_request", "Invalid request: " + "; ".join(parts), "Fix the named fields.")
+    message, hint = "Invalid request: " + "; ".join(parts), "Change the named fields (the API is described at /docs)."
+    body = error_body("invalid_request", message, hint)
     return JSONResponse(body, status_code=422)
+
+
+def _json_problem(err: Mapping[str, Any]) -> str:
+    """FastAPI says "10: JSON decode error"; a person wants what is wrong and where."""
+    position = next((p for p in err.get("loc", ()) if isinstance(p, int)), None)
+    reason = str((err.get("ctx") or {}).get("error") or "").strip()
+    where = f" at character {position}" if position is not None else ""
+    return f"The request body is not valid JSON{where}" + (f": {reason[:1].lower()}{reason[1:]}." if reason else ".")
+
+
+_HTTP_HINTS = {
+    401: "Sign in to the web UI, or send an API token as 'Authorization: Bearer <token>' "
+    "(`limner tokens create --user NAME` makes one).",
+    404: "Check the address; the API is described at /docs.",
+    405: "The Allow header lists the methods this address takes.",
+}
 
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     headers = dict(exc.headers or {})
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=headers)
+    body = error_body(code, str(exc.detail), _HTTP_HINTS.get(exc.status_code))
+    return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
 
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:

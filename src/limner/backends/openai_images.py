@@ -328,7 +328,7 @@ class OpenAIImagesBackend(Backend):
         if isinstance(exc, openai.APITimeoutError):
             return self._unavailable(f"{self.display_name} did not answer within {self.timeout:g} s.")
         if isinstance(exc, openai.APIConnectionError):
-            return self._unavailable(f"Could not connect to {self.display_name} ({_host(self.endpoint)}).")
+            return self._unreachable(f"Could not connect to {self.display_name} ({_host(self.endpoint)}).")
         if isinstance(exc, openai.APIResponseValidationError | json.JSONDecodeError):
             return self._bad_response("a body that is not valid JSON of the Images API")
         if isinstance(exc, openai.APIError):  # status errors, and errors sent inside a stream
@@ -339,7 +339,7 @@ class OpenAIImagesBackend(Backend):
                 hint=f"Check {self.names.base_url}, {self.names.api_version} and {self.names.api_key}.",
             )
         if isinstance(exc, httpx2.TransportError):
-            return self._unavailable(f"The connection to {self.display_name} failed.")
+            return self._unreachable(f"The connection to {self.display_name} failed.")
         if isinstance(exc, binascii.Error):
             return self._bad_response("an image that is not valid base64")
         return None
@@ -351,6 +351,16 @@ class OpenAIImagesBackend(Backend):
             endpoint=self.endpoint,
             hint="Try again in a moment; if it keeps failing, check the service status and the proxy (PROXY).",
             **extra,
+        )
+
+    def _unreachable(self, message: str) -> ProviderUnavailableError:
+        """No answer at all: most often the address itself (a typo, a service that is not running)."""
+        return ProviderUnavailableError(
+            message,
+            provider=self.backend_name,
+            endpoint=self.endpoint,
+            hint=f"Check {self.names.base_url} (now {public_url(self.endpoint)}) and the proxy (PROXY); "
+            "if both are right, the service may be down: try again in a moment.",
         )
 
     def _map_api_error(self, exc: openai.APIError) -> ProviderError:

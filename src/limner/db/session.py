@@ -18,10 +18,11 @@ import anyio.to_thread
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from limner.crashpoints import crash_point_sync
 from limner.errors import StorageError
 
 __all__ = ["Database"]
@@ -97,6 +98,9 @@ class Database:
         if self.is_sqlite:
             _ensure_sqlite_dir(self.url)
         engine = create_engine(sync_url(self.url))
+        if self.is_sqlite:
+            _transactional_ddl(engine)
+        event.listen(engine, "after_cursor_execute", _migration_crash_point)
         try:
             with engine.begin() as conn:
                 _run_upgrade(conn)
@@ -106,6 +110,29 @@ class Database:
     async def dispose(self) -> None:
         """Close pooled connections."""
         await self.engine.dispose()
+
+
+def _transactional_ddl(engine: Engine) -> None:
+    """Make every migration step on SQLite part of one transaction, so a crash leaves the old schema.
+
+    Python's ``sqlite3`` (3.11) opens transactions only before INSERT/UPDATE/DELETE and runs ``CREATE``,
+    ``ALTER`` and ``DROP`` in autocommit: a migration killed halfway left some tables made and the
+    version not recorded, and the next upgrade failed on "table already exists". SQLAlchemy's documented
+    recipe: take transaction control from the driver and emit ``BEGIN`` ourselves (``IMMEDIATE``: the
+    write lock is taken at once, so a concurrent ``limner serve`` waits rather than failing midway).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _driver_autocommit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _migration_crash_point(*_args: Any) -> None:
+    crash_point_sync("db.migration_statement")  # tests kill the upgrade after any statement
 
 
 def _run_upgrade(connection: Connection) -> None:

@@ -134,7 +134,7 @@ def summarise_results(conversation: Conversation, results: list[Message], handof
         name = names.get(result.tool_call_id or "", "tool")
         text = readable_result(result.text)
         if result.is_error or is_error_text(text):
-            sentences.append(f"The {name} call failed. {what_to_do(text)}")
+            sentences.append(f"That did not work ({name}): {_error_message(text)} {what_to_do(text)}".strip())
         elif image_ids(text):
             found.extend(found_id for found_id in image_ids(text) if found_id not in found)
         else:
@@ -184,11 +184,21 @@ def is_error_text(text: str) -> bool:
 
 
 def what_to_do(text: str) -> str:
-    """The error's "What to do" line, verbatim; its first line when it has none."""
+    """What the person can do, as a model would pass it on: the error's "For the user" line, else its
+    "What to do" line (without the label); nothing when it has neither.
+    """
+    found = {}
     for line in text.splitlines():
-        if line.strip().lower().startswith("what to do"):
-            return line.strip()
-    return _first_line(text)
+        label, _, rest = line.strip().partition(":")
+        if label.lower() in ("for the user", "what to do") and rest.strip():
+            found[label.lower()] = rest.strip()
+    return found.get("for the user") or found.get("what to do") or ""
+
+
+def _error_message(text: str) -> str:
+    """The message of an ``Error (code): message`` line, else the first line."""
+    first = _first_line(text)
+    return first.split("): ", 1)[1] if first.startswith("Error (") and "): " in first else first
 
 
 def _first_line(text: str) -> str:

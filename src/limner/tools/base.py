@@ -81,14 +81,22 @@ async def run_tool(spec: ToolSpec[Any], raw_args: dict[str, Any], ctx: ToolConte
     try:
         args = spec.args.model_validate(raw_args)
     except ValidationError as exc:
-        raise InputError(_describe_validation(spec.name, exc), hint="Fix the arguments and call again.") from exc
+        raise InputError(
+            _describe_validation(spec.name, exc),
+            hint="Change the values named above; the tool's parameters list what each one accepts.",
+            llm_hint="Fix the arguments and call again.",
+        ) from exc
     return await spec.run(args, ctx)
 
 
 def failed_result(exc: BaseException, tool: str) -> ToolResult:
     """A failure as the LLM should read it: message and hint for our errors, a fixed text otherwise."""
     if isinstance(exc, LimnerError):
-        text = f"Error ({exc.code}): {exc.message}" + (f"\nWhat to do: {exc.hint}" if exc.hint else "")
+        text = f"Error ({exc.code}): {exc.message}"
+        if exc.llm_hint:  # the model acts unlike a person here (calls again, never invents an ID) ...
+            text += f"\nWhat to do: {exc.llm_hint}" + (f"\nFor the user: {exc.hint}" if exc.hint else "")
+        elif exc.hint:  # ... elsewhere what a person should do is what the model should tell them
+            text += f"\nWhat to do: {exc.hint}"
         return ToolResult(text=text, metadata={"error": exc.to_dict()}, is_error=True)
     log.error("tool %s failed unexpectedly", tool, exc_info=exc)
     error = {"code": "internal_error", "message": GENERIC_FAILURE, "hint": None, "provider": None}

@@ -98,6 +98,12 @@ async def signin_page(request: Request, runtime: RuntimeDep) -> Response:
     return await _page("signin.html", {"registration_open": runtime.accounts.allow_registration})
 
 
+@router.get("/docs", response_class=HTMLResponse)
+async def api_docs_page(request: Request) -> Response:
+    """The interactive API documentation (Swagger UI from the package, so it works without internet)."""
+    return await _page("docs.html", {"openapi_url": request.app.openapi_url or "/openapi.json"})
+
+
 class _RevalidatedStaticFiles(StaticFiles):
     """Static files that browsers revalidate on every use (a cheap 304 by ETag), so that an upgraded
     limner never runs a stale module next to a new one; there is no build step to fingerprint names.
