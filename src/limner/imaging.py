@@ -10,6 +10,7 @@ decompression bomb costs nothing. All Pillow work is CPU work and runs in a work
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -17,6 +18,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from limner.errors import ImageTooLargeError, UnsupportedImageError
 from limner.imaging_structure import check_gif, check_png
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACCEPTED_MEDIA_TYPES",
@@ -42,8 +45,8 @@ _PIL_FORMATS = {
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 _ORIENTATION_TAG = 0x0112
 # Checking an animation decodes every frame; these bound that work (a repeated frame costs a few bytes).
-MAX_ANIMATION_FRAMES = 10_000
-ANIMATION_PIXELS_FACTOR = 10  # all frames together: at most this many times LIMNER_MAX_IMAGE_PIXELS
+_MAX_ANIMATION_FRAMES = 10_000
+_ANIMATION_PIXELS_FACTOR = 10  # all frames together: at most this many times LIMNER_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +85,9 @@ def validate_image_sync(data: bytes, *, max_bytes: int, max_pixels: int, thoroug
     is repaired, so what is stored is what browsers show and a strict decoder reads. ``thorough`` then
     decodes every pixel of every frame. Without it (bytes from a provider, not from a person), a PNG
     stops at the chunk walk, which has checked every CRC and the final IEND: truncation and corruption
-    are caught at 1% of the cost of a full decode. Other formats are always decoded in full.
+    in transit are caught at a few percent of the cost of a full decode (0.6 ms against 15 ms for a
+    2.6 MB 1024x1024 PNG), though compressed data an encoder got wrong behind valid CRCs is not. Other
+    formats are always decoded in full.
     """
     media_type = _sniff_checked(data, max_bytes)
     data, frames = _check_structure(data, media_type)
@@ -125,7 +130,10 @@ def _sniff_checked(data: bytes, max_bytes: int) -> str:
 def _check_structure(data: bytes, media_type: str) -> tuple[bytes, int | None]:
     """The bytes to go on with (repaired where browsers repair them) and the frame count when known."""
     if media_type == "image/png":
-        return check_png(data).data, None
+        checked = check_png(data)
+        if checked.dropped:  # not silent: the operator can see that stored bytes differ from those sent
+            log.info("PNG stored without its damaged ancillary chunks %s (browsers skip them too)", checked.dropped)
+        return checked.data, None
     if media_type == "image/gif":
         return check_gif(data)
     return data, None
@@ -177,12 +185,12 @@ def _frames_to_decode(im: Image.Image) -> int:
 
 def _check_frame_budget(media_type: str, frames: int, width: int, height: int, max_pixels: int) -> None:
     """Refuse an animation too costly to check: every frame is decoded, and frames cost no bytes to repeat."""
-    budget = ANIMATION_PIXELS_FACTOR * max_pixels
-    if frames > MAX_ANIMATION_FRAMES or frames * width * height > budget:
+    budget = _ANIMATION_PIXELS_FACTOR * max_pixels
+    if frames > _MAX_ANIMATION_FRAMES or frames * width * height > budget:
         raise ImageTooLargeError(
             f"The {_format_name(media_type)} animation has {frames:,} frames of {width}x{height} "
-            f"({frames * width * height:,} pixels in all); limner checks at most {MAX_ANIMATION_FRAMES:,} "
-            f"frames and {budget:,} pixels in all frames ({ANIMATION_PIXELS_FACTOR} x LIMNER_MAX_IMAGE_PIXELS).",
+            f"({frames * width * height:,} pixels in all); limner checks at most {_MAX_ANIMATION_FRAMES:,} "
+            f"frames and {budget:,} pixels in all frames ({_ANIMATION_PIXELS_FACTOR} x LIMNER_MAX_IMAGE_PIXELS).",
             hint="Send a shorter or smaller animation, or ask the operator to raise LIMNER_MAX_IMAGE_PIXELS.",
         )
 

@@ -54,7 +54,6 @@ class CheckedPng:
 
     data: bytes
     dropped: tuple[str, ...]  # chunk types of damaged ancillary chunks removed, in file order
-    is_animated: bool  # an APNG (has an acTL chunk)
 
 
 def check_png(data: bytes) -> CheckedPng:
@@ -64,7 +63,7 @@ def check_png(data: bytes) -> CheckedPng:
     dropped.
     """
     view = memoryview(data)
-    pos, drops, has_pixels, is_animated = len(PNG_SIGNATURE), [], False, False
+    pos, drops, has_pixels = len(PNG_SIGNATURE), [], False
     while True:
         kind, end, crc_ok = _read_chunk(data, view, pos)
         if not crc_ok:
@@ -75,13 +74,12 @@ def check_png(data: bytes) -> CheckedPng:
                 )
             drops.append((pos, end, kind.decode("ascii")))
         has_pixels |= kind == b"IDAT"
-        is_animated |= kind == b"acTL" and crc_ok
         pos = end
         if kind == b"IEND":
             break
     if not has_pixels:
         raise UnsupportedImageError("The PNG image has no image data (IDAT chunk).", hint=_SEND_COMPLETE)
-    return CheckedPng(data=_without(data, drops), dropped=tuple(d[2] for d in drops), is_animated=is_animated)
+    return CheckedPng(data=_without(data, drops), dropped=tuple(d[2] for d in drops))
 
 
 def _read_chunk(data: bytes, view: memoryview, pos: int) -> tuple[bytes, int, bool]:

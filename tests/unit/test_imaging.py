@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import zlib
 
 import pytest
@@ -132,8 +133,11 @@ def _with_text_note(data: bytes) -> bytes:
         (b"zzZz", b"a private chunk nobody knows"),
     ],
 )
-def test_damaged_ancillary_chunk_is_dropped_and_the_pixels_kept(kind: bytes, body: bytes, thorough: bool) -> None:
+def test_damaged_ancillary_chunk_is_dropped_and_the_pixels_kept(
+    kind: bytes, body: bytes, thorough: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     """Browsers and libpng skip an ancillary chunk that fails its CRC; limner stores the file without it."""
+    caplog.set_level(logging.INFO, logger="limner.imaging")
     clean = _with_text_note(images.png(50, 40, (10, 200, 90), alpha=True))
     damaged = images.with_chunk(clean, kind, body, bad_crc=True)
     with pytest.raises(UnidentifiedImageError):  # Pillow alone refuses it: this is the case the repair is for
@@ -143,6 +147,9 @@ def test_damaged_ancillary_chunk_is_dropped_and_the_pixels_kept(kind: bytes, bod
     assert (info.width, info.height, info.media_type) == (50, 40, "image/png")
     assert images.pixels(info.data) == images.pixels(clean)
     assert validate_image_sync(info.data, **LIMITS).data == info.data  # stored bytes pass the strict check as they are
+    assert [r.getMessage() for r in caplog.records if r.name == "limner.imaging"] == [
+        f"PNG stored without its damaged ancillary chunks ('{kind.decode()}',) (browsers skip them too)"
+    ]
 
 
 @pytest.mark.parametrize("thorough", [True, False])
