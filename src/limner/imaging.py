@@ -10,12 +10,16 @@ decompression bomb costs nothing. All Pillow work is CPU work and runs in a work
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import dataclass
 
 import anyio.to_thread
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from limner.errors import ImageTooLargeError, UnsupportedImageError
+from limner.imaging_structure import check_gif, check_png
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ACCEPTED_MEDIA_TYPES",
@@ -40,6 +44,9 @@ _PIL_FORMATS = {
 }
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/gif": "gif"}
 _ORIENTATION_TAG = 0x0112
+# Checking an animation decodes every frame; these bound that work (a repeated frame costs a few bytes).
+_MAX_ANIMATION_FRAMES = 10_000
+_ANIMATION_PIXELS_FACTOR = 10  # all frames together: at most this many times LIMNER_MAX_IMAGE_PIXELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,10 +80,37 @@ def extension_for(media_type: str) -> str:
 def validate_image_sync(data: bytes, *, max_bytes: int, max_pixels: int, thorough: bool = True) -> ImageInfo:
     """Check bytes by content and return what to store; raise a specific InputError otherwise.
 
-    ``thorough`` decodes every pixel. Without it (bytes from a provider, not from a person), a PNG is
-    checked structurally instead: every chunk's CRC and the final IEND, which catches truncation and
-    corruption at 1% of the cost of a full decode; other formats are still decoded in full.
+    A PNG's chunks and a GIF's blocks are walked first (:mod:`limner.imaging_structure`): a cut file is
+    refused, and damage browsers tolerate (a bad CRC in an ancillary PNG chunk, a GIF's missing trailer)
+    is repaired, so what is stored is what browsers show and a strict decoder reads. ``thorough`` then
+    decodes every pixel of every frame. Without it (bytes from a provider, not from a person), a PNG
+    stops at the chunk walk, which has checked every CRC and the final IEND: truncation and corruption
+    in transit are caught at a few percent of the cost of a full decode (0.6 ms against 15 ms for a
+    2.6 MB 1024x1024 PNG), though compressed data an encoder got wrong behind valid CRCs is not. Other
+    formats are always decoded in full.
     """
+    media_type = _sniff_checked(data, max_bytes)
+    data, frames = _check_structure(data, media_type)
+    if not thorough and media_type == "image/png":
+        with _open(data, media_type) as im:
+            _check_pixels(im.width, im.height, max_pixels)
+        # No EXIF orientation here: reading a PNG's EXIF decodes the pixels, and image services
+        # do not rotate their output through EXIF.
+        return ImageInfo(data=data, media_type=media_type, width=im.width, height=im.height)
+    with _open(data, media_type) as im:
+        _check_pixels(im.width, im.height, max_pixels)
+        frames = frames if frames is not None else _frames_to_decode(im)
+        _check_frame_budget(media_type, frames, im.width, im.height, max_pixels)
+        _decode_fully(im, media_type, frames)
+        # An animation keeps its bytes: an upright copy would be its first frame alone.
+        rotated = _apply_orientation(im, media_type) if frames == 1 else None
+        width, height = (rotated.width, rotated.height) if rotated is not None else im.size
+    stored = _encode_like(rotated, media_type) if rotated is not None else data
+    return ImageInfo(data=stored, media_type=media_type, width=width, height=height)
+
+
+def _sniff_checked(data: bytes, max_bytes: int) -> str:
+    """The media type of bytes that are not empty, not over the size cap, and one of the accepted formats."""
     if not data:
         raise UnsupportedImageError("The file is empty.", hint="Send a PNG, JPEG, WebP or GIF image.")
     if len(data) > max_bytes:
@@ -90,21 +124,19 @@ def validate_image_sync(data: bytes, *, max_bytes: int, max_pixels: int, thoroug
             "The file is not a PNG, JPEG, WebP or GIF image (checked by content, not by name).",
             hint="Send one of the accepted image formats.",
         )
-    if not thorough and media_type == "image/png":
-        with _open(data, media_type) as im:
-            _check_pixels(im.width, im.height, max_pixels)
-            width, height = im.size
-            _verify_structure(im, media_type)
-        # No EXIF orientation here: reading a PNG's EXIF decodes the pixels, and image services
-        # do not rotate their output through EXIF.
-        return ImageInfo(data=data, media_type=media_type, width=width, height=height)
-    with _open(data, media_type) as im:
-        _check_pixels(im.width, im.height, max_pixels)
-        _decode_fully(im, media_type)
-        rotated = _apply_orientation(im, media_type)
-        width, height = (rotated.width, rotated.height) if rotated is not None else im.size
-    stored = _encode_like(rotated, media_type) if rotated is not None else data
-    return ImageInfo(data=stored, media_type=media_type, width=width, height=height)
+    return media_type
+
+
+def _check_structure(data: bytes, media_type: str) -> tuple[bytes, int | None]:
+    """The bytes to go on with (repaired where browsers repair them) and the frame count when known."""
+    if media_type == "image/png":
+        checked = check_png(data)
+        if checked.dropped:  # not silent: the operator can see that stored bytes differ from those sent
+            log.info("PNG stored without its damaged ancillary chunks %s (browsers skip them too)", checked.dropped)
+        return checked.data, None
+    if media_type == "image/gif":
+        return check_gif(data)
+    return data, None
 
 
 async def validate_image(data: bytes, *, max_bytes: int, max_pixels: int, thorough: bool = True) -> ImageInfo:
@@ -125,7 +157,7 @@ def _open(data: bytes, media_type: str) -> Image.Image:
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise UnsupportedImageError(
-            f"The {media_type} image could not be read: it is damaged or incomplete.",
+            f"The {_format_name(media_type)} image could not be read: it is damaged or incomplete.",
             hint="Send the complete, undamaged file.",
         ) from exc
     if _PIL_FORMATS.get(im.format or "") != media_type:
@@ -146,23 +178,40 @@ def _check_pixels(width: int, height: int, max_pixels: int) -> None:
         )
 
 
-def _decode_fully(im: Image.Image, media_type: str) -> None:
-    """Decode every pixel: a truncated or corrupt file fails here rather than in a viewer later."""
+def _frames_to_decode(im: Image.Image) -> int:
+    """Every frame of an animation; a multi-picture JPEG's first picture only (the one viewers show)."""
+    return 1 if im.format == "MPO" else int(getattr(im, "n_frames", 1))
+
+
+def _check_frame_budget(media_type: str, frames: int, width: int, height: int, max_pixels: int) -> None:
+    """Refuse an animation too costly to check: every frame is decoded, and frames cost no bytes to repeat."""
+    budget = _ANIMATION_PIXELS_FACTOR * max_pixels
+    if frames > _MAX_ANIMATION_FRAMES or frames * width * height > budget:
+        raise ImageTooLargeError(
+            f"The {_format_name(media_type)} animation has {frames:,} frames of {width}x{height} "
+            f"({frames * width * height:,} pixels in all); limner checks at most {_MAX_ANIMATION_FRAMES:,} "
+            f"frames and {budget:,} pixels in all frames ({_ANIMATION_PIXELS_FACTOR} x LIMNER_MAX_IMAGE_PIXELS).",
+            hint="Send a shorter or smaller animation, or ask the operator to raise LIMNER_MAX_IMAGE_PIXELS.",
+        )
+
+
+def _decode_fully(im: Image.Image, media_type: str, frames: int) -> None:
+    """Decode every pixel of every frame: a truncated or corrupt file fails here rather than in a viewer later."""
+    index = 0
     try:
-        im.load()
+        for index in range(frames):
+            im.seek(index)
+            im.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        where = f"frame {index + 1} of {frames:,}" if frames > 1 else "its pixel data"
         raise UnsupportedImageError(
-            f"The {media_type} image is damaged or truncated.", hint="Send the complete file."
+            f"The {_format_name(media_type)} image is damaged or truncated: {where} cannot be decoded.",
+            hint="Send the complete, undamaged file.",
         ) from exc
 
 
-def _verify_structure(im: Image.Image, media_type: str) -> None:
-    try:
-        im.verify()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise UnsupportedImageError(
-            f"The {media_type} image is damaged or truncated.", hint="Send the complete file."
-        ) from exc
+def _format_name(media_type: str) -> str:
+    return {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WebP", "image/gif": "GIF"}[media_type]
 
 
 def _apply_orientation(im: Image.Image, media_type: str) -> Image.Image | None:

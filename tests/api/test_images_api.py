@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 import httpx2
 import pytest
 
@@ -64,6 +66,20 @@ async def test_pagination(api: httpx2.AsyncClient, alice: Auth) -> None:
     [
         ("text named .png", b"this is plainly text, not an image at all", 415, "unsupported_image"),
         ("truncated png", images.png(400, 400)[:900], 415, "unsupported_image"),
+        ("png ending before IEND", images.noisy_png(200, 200)[:-12], 415, "unsupported_image"),
+        ("png with its IEND cut", images.noisy_png(200, 200)[:-5], 415, "unsupported_image"),
+        ("png with damaged image data", images.with_bad_crc(images.png(60, 40), b"IDAT"), 415, "unsupported_image"),
+        ("png with a damaged header", images.with_bad_crc(images.png(60, 40), b"IHDR"), 415, "unsupported_image"),
+        ("apng with a cut frame", images.with_cut_last_frame("PNG", images.animation("PNG")), 415, "unsupported_image"),
+        ("gif with a cut frame", images.with_cut_last_frame("GIF", images.animation("GIF")), 415, "unsupported_image"),
+        (
+            "webp with a cut frame",
+            images.with_cut_last_frame("WEBP", images.animation("WEBP")),
+            415,
+            "unsupported_image",
+        ),
+        ("apng cut short", images.animation("PNG")[:-40], 415, "unsupported_image"),
+        ("gif cut short", images.animation("GIF")[:-40], 415, "unsupported_image"),
         ("decompression bomb", images.decompression_bomb(20_000), 413, "image_too_large"),
         ("empty file", b"", 415, "unsupported_image"),
     ],
@@ -78,6 +94,41 @@ async def test_bad_uploads_are_refused_and_store_nothing(
     assert error["code"] == code and error["message"]
     assert (await api.get("/api/images", headers=headers)).json()["images"] == []
     assert [k async for k in runtime.library.store.iter_keys()] == []
+
+
+async def test_damaged_ancillary_chunk_is_repaired_and_the_repaired_bytes_stored(
+    api: httpx2.AsyncClient, alice: Auth, runtime: Runtime
+) -> None:
+    """A colour profile with a bad CRC (browsers skip it): stored without it, pixels and ID as for a clean file."""
+    _, headers = alice
+    clean = images.with_chunk(images.png(90, 60, (20, 90, 200)), b"tEXt", b"Title\x00kept as it came")
+    damaged = images.with_chunk(clean, b"iCCP", b"ICC Profile\x00\x00" + b"\x78\x9c" + b"\x00" * 40, bad_crc=True)
+    created = await upload(api, headers, damaged)
+    assert created.status_code == 201, created.text
+    image = created.json()
+    assert (image["width"], image["height"], image["media_type"]) == (90, 60, "image/png")
+    content = (await api.get(image["content_url"], headers=headers)).content
+    assert content == clean and image["sha256"] == hashlib.sha256(clean).hexdigest()
+    assert images.pixels(content) == images.pixels(clean)
+    assert image["byte_size"] == len(clean)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+async def test_whole_animation_upload_is_stored_as_it_came(api: httpx2.AsyncClient, alice: Auth, fmt: str) -> None:
+    _, headers = alice
+    data = images.animation(fmt, frames=4)
+    created = await upload(api, headers, data, name=f"moving.{fmt.lower()}")
+    assert created.status_code == 201, created.text
+    content = (await api.get(created.json()["content_url"], headers=headers)).content
+    assert content == data and images.frame_count(content) == 4
+
+
+async def test_gif_missing_its_trailer_is_stored_complete(api: httpx2.AsyncClient, alice: Auth) -> None:
+    _, headers = alice
+    data = images.animation("GIF", frames=3)
+    created = await upload(api, headers, data[:-1], name="moving.gif")
+    assert created.status_code == 201, created.text
+    assert (await api.get(created.json()["content_url"], headers=headers)).content == data
 
 
 async def test_oversize_upload_is_refused(api: httpx2.AsyncClient, alice: Auth, runtime: Runtime) -> None:

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import io
+import logging
+import zlib
+
 import pytest
+from PIL import Image, UnidentifiedImageError
 
 from limner.errors import ImageTooLargeError, UnsupportedImageError
 from limner.imaging import make_thumbnail, prepare_mask, sniff_media_type, validate_image, validate_image_sync
@@ -90,10 +95,6 @@ def test_structural_check_of_provider_png_still_catches_damage() -> None:
 
 def _mpo(width: int = 48, height: int = 32) -> bytes:
     """A Multi-Picture JPEG as phones write them: two pictures, the first one shown everywhere."""
-    import io
-
-    from PIL import Image
-
     first = Image.new("RGB", (width, height), (200, 40, 40))
     second = Image.new("RGB", (width, height), (40, 40, 200))
     out = io.BytesIO()
@@ -103,10 +104,8 @@ def _mpo(width: int = 48, height: int = 32) -> bytes:
 
 @pytest.mark.parametrize("thorough", [True, False])
 def test_mpo_phone_photo_is_accepted_as_jpeg(thorough: bool) -> None:
-    from PIL import Image
-
     data = _mpo()
-    with Image.open(__import__("io").BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data)) as im:
         assert im.format == "MPO" and getattr(im, "n_frames", 1) == 2  # really a multi-picture file
     info = validate_image_sync(data, max_bytes=10_000_000, max_pixels=10_000_000, thorough=thorough)
     assert (info.media_type, info.width, info.height) == ("image/jpeg", 48, 32)
@@ -116,3 +115,174 @@ def test_mpo_phone_photo_is_accepted_as_jpeg(thorough: bool) -> None:
 async def test_mpo_thumbnail_shows_the_first_picture() -> None:
     thumb = await make_thumbnail(_mpo(), 16)
     assert images.size_of(thumb) == (16, 11)
+
+
+# --- damage browsers tolerate is repaired; damage a strict decoder refuses is refused (issue 24) ---
+
+
+def _with_text_note(data: bytes) -> bytes:
+    return images.with_chunk(data, b"tEXt", b"Comment\x00made by a test")
+
+
+@pytest.mark.parametrize("thorough", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (b"tEXt", b"Comment\x00a note"),
+        (b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(b"not really a profile" * 20)),
+        (b"zzZz", b"a private chunk nobody knows"),
+    ],
+)
+def test_damaged_ancillary_chunk_is_dropped_and_the_pixels_kept(
+    kind: bytes, body: bytes, thorough: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Browsers and libpng skip an ancillary chunk that fails its CRC; limner stores the file without it."""
+    caplog.set_level(logging.INFO, logger="limner.imaging")
+    clean = _with_text_note(images.png(50, 40, (10, 200, 90), alpha=True))
+    damaged = images.with_chunk(clean, kind, body, bad_crc=True)
+    with pytest.raises(UnidentifiedImageError):  # Pillow alone refuses it: this is the case the repair is for
+        images.pixels(damaged)
+    info = validate_image_sync(damaged, thorough=thorough, **LIMITS)
+    assert info.data == clean  # the damaged chunk removed, every other byte as it came
+    assert (info.width, info.height, info.media_type) == (50, 40, "image/png")
+    assert images.pixels(info.data) == images.pixels(clean)
+    assert validate_image_sync(info.data, **LIMITS).data == info.data  # stored bytes pass the strict check as they are
+    assert [r.getMessage() for r in caplog.records if r.name == "limner.imaging"] == [
+        f"PNG stored without its damaged ancillary chunks ('{kind.decode()}',) (browsers skip them too)"
+    ]
+
+
+@pytest.mark.parametrize("thorough", [True, False])
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        (b"IHDR", "header"),
+        (b"PLTE", "palette"),
+        (b"IDAT", "image data"),
+        (b"IEND", "end marker"),
+        (b"acTL", "animation control"),
+        (b"fcTL", "animation frame control"),
+        (b"fdAT", "animation frame data"),
+    ],
+)
+def test_damaged_critical_or_animation_chunk_is_refused(kind: bytes, name: str, thorough: bool) -> None:
+    source = {
+        b"PLTE": images.encoded("PNG", 30, 20, (1, 2, 3)),
+        b"acTL": images.animation("PNG"),
+        b"fcTL": images.animation("PNG"),
+        b"fdAT": images.animation("PNG"),
+    }.get(kind, images.png(30, 20))
+    if kind == b"PLTE":
+        with Image.open(io.BytesIO(source)) as im:
+            out = io.BytesIO()
+            im.convert("P").save(out, format="PNG")
+            source = out.getvalue()
+    assert kind in [k for k, _ in images.png_chunks(source)]
+    with pytest.raises(UnsupportedImageError, match=rf"damaged: its {name} \(\w+ chunk\) fails its checksum"):
+        validate_image_sync(images.with_bad_crc(source, kind), thorough=thorough, **LIMITS)
+
+
+def test_corrupt_compressed_data_with_valid_crcs_is_refused_by_the_full_decode() -> None:
+    chunks = images.png_chunks(images.noisy_png(120, 90))
+    index = [k for k, _ in chunks].index(b"IDAT")
+    body = bytearray(chunks[index][1])
+    body[len(body) // 2 : len(body) // 2 + 64] = bytes(64)  # 64 bytes of the deflate stream zeroed
+    chunks[index] = (b"IDAT", bytes(body))
+    with pytest.raises(UnsupportedImageError, match="damaged or truncated: its pixel data cannot be decoded"):
+        validate_image_sync(images.png_from_chunks(chunks), **LIMITS)
+
+
+@pytest.mark.parametrize("thorough", [True, False])
+@pytest.mark.parametrize("cut", [12, 5, 20, 4000])
+def test_png_ending_before_iend_is_refused(cut: int, thorough: bool) -> None:
+    """Without IEND (or with IDAT's last bytes gone) Pillow still decodes every row; a strict decoder does not."""
+    data = images.noisy_png(300, 300)
+    with pytest.raises(UnsupportedImageError, match=r"truncated: the file ends before its end marker \(IEND"):
+        validate_image_sync(data[:-cut], thorough=thorough, **LIMITS)
+
+
+def test_png_without_image_data_or_with_an_unknown_critical_chunk_is_refused() -> None:
+    chunks = images.png_chunks(images.png(20, 20))
+    no_pixels = images.png_from_chunks([c for c in chunks if c[0] != b"IDAT"])
+    with pytest.raises(UnsupportedImageError, match=r"no image data \(IDAT"):
+        validate_image_sync(no_pixels, thorough=False, **LIMITS)
+    unknown = images.with_chunk(images.png(20, 20), b"CgBI", b"\x50\x00\x20\x06")  # Apple's "crushed" PNG marker
+    with pytest.raises(UnsupportedImageError, match="critical chunk 'CgBI' that PNG viewers do not know"):
+        validate_image_sync(unknown, thorough=False, **LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_whole_animation_is_kept_as_it_came(fmt: str) -> None:
+    data = images.animation(fmt, frames=4)
+    info = validate_image_sync(data, **LIMITS)
+    assert info.data == data and images.frame_count(info.data) == 4
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_animation_with_a_cut_frame_is_refused(fmt: str) -> None:
+    """Every length, CRC and end marker is right; only decoding the last frame shows it is cut."""
+    damaged = images.with_cut_last_frame(fmt, images.animation(fmt, frames=3))
+    name = {"PNG": "PNG", "GIF": "GIF", "WEBP": "WebP"}[fmt]
+    with pytest.raises(UnsupportedImageError, match=rf"The {name} image is damaged or truncated: frame 3 of 3"):
+        validate_image_sync(damaged, **LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+@pytest.mark.parametrize("keep", [0.5, 0.9])
+def test_cut_animation_file_is_refused(fmt: str, keep: float) -> None:
+    data = images.animation(fmt, frames=3)
+    with pytest.raises(UnsupportedImageError, match="truncated|damaged or incomplete"):
+        validate_image_sync(data[: int(len(data) * keep)], **LIMITS)
+
+
+def test_apng_declaring_more_frames_than_it_has_is_refused() -> None:
+    chunks = images.png_chunks(images.animation("PNG", frames=3))
+    last_control = max(i for i, (k, _) in enumerate(chunks) if k == b"fcTL")
+    short = images.png_from_chunks(chunks[:last_control] + chunks[-1:])  # frame 3's fcTL and fdAT gone
+    with pytest.raises(UnsupportedImageError, match="frame 3 of 3 cannot be decoded"):
+        validate_image_sync(short, **LIMITS)
+
+
+@pytest.mark.parametrize("thorough", [True, False])
+def test_gif_missing_only_its_trailer_gets_it(thorough: bool) -> None:
+    """Every frame is whole: the one-byte trailer giflib insists on is added, nothing else changes."""
+    data = images.animation("GIF", frames=3)
+    assert data.endswith(b";")
+    info = validate_image_sync(data[:-1], thorough=thorough, **LIMITS)
+    assert info.data == data and images.frame_count(info.data) == 3
+
+
+def test_gif_cut_inside_a_frame_names_the_frame() -> None:
+    data = images.animation("GIF", frames=3)
+    with pytest.raises(UnsupportedImageError, match="truncated: the file ends inside frame 3"):
+        validate_image_sync(data[:-2], thorough=False, **LIMITS)  # the last frame's block terminator missing
+    with pytest.raises(UnsupportedImageError, match="ends before its first frame"):
+        validate_image_sync(data[:10], **LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP"])
+def test_animation_too_costly_to_check_is_refused(fmt: str) -> None:
+    """Every frame is decoded, so all frames together may have at most 10 x max_pixels pixels."""
+    limits = {"max_bytes": 5_000_000, "max_pixels": 64 * 48}
+    assert validate_image_sync(images.animation(fmt, frames=10), **limits).width == 64
+    with pytest.raises(ImageTooLargeError, match=r"11 frames of 64x48 \(33,792 pixels in all\)"):
+        validate_image_sync(images.animation(fmt, frames=11), **limits)
+
+
+def test_animation_with_too_many_frames_is_refused_before_decoding() -> None:
+    one = images.animation("GIF", frames=1, size=(1, 1))
+    frame = one[one.index(b"\x21\xf9") : -1]  # a control extension and its 1x1 frame
+    many = one[: one.index(b"\x21\xf9")] + frame * 10_001 + b";"
+    with pytest.raises(ImageTooLargeError, match="10,001 frames"):
+        validate_image_sync(many, **LIMITS)
+
+
+def test_animated_webp_with_exif_orientation_keeps_every_frame() -> None:
+    """An upright copy would be the first frame alone: an animation keeps its bytes."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    frames = [Image.new("RGB", (60, 20), (i * 60, 0, 0)) for i in range(3)]
+    out = io.BytesIO()
+    frames[0].save(out, format="WEBP", save_all=True, append_images=frames[1:], exif=exif.tobytes(), lossless=True)
+    info = validate_image_sync(out.getvalue(), **LIMITS)
+    assert info.data == out.getvalue() and images.frame_count(info.data) == 3

@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "storage": 1,
     "db": 1,
     "imaging": 1,
+    "imaging_structure": 1,
     "net": 1,
     "throttle": 1,
     "library": 2,
