@@ -92,6 +92,7 @@ class FluxFamily(BackendFamily):
     id = FAMILY_ID
     title = "Flux"
     enable_hint = "Set FLUX_API_KEY (or user_provided, for each user to enter theirs)."
+    url_setting = "FLUX_API_BASE_URL"
 
     def __init__(self, *, edit_model: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

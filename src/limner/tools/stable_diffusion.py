@@ -79,6 +79,7 @@ class StableDiffusionFamily(BackendFamily):
     id = FAMILY_ID
     title = "Stable Diffusion"
     enable_hint = "Set SD_WEBUI_URL to a web UI started with --api (A1111, Forge or SD.Next)."
+    url_setting = "SD_WEBUI_URL"
 
     def _build_tools(self) -> list[ToolSpec[Any]]:
         return [
