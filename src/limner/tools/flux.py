@@ -208,6 +208,7 @@ async def build(ctx: BuildContext) -> FluxFamily:
         fetch_policy=ctx.fetch_policy(sandbox=sandbox, allowed_hosts=BFL_DELIVERY_HOSTS),
         deadline=settings.flux_deadline,
         is_sandbox=sandbox,
+        result_hosts=settings.flux_result_hosts,
     )
     status = available_status(
         FluxFamily, backend, settings.flux_model, source, reason=ctx.sandbox_reason() if sandbox else None
