@@ -209,6 +209,7 @@ async def build(ctx: BuildContext) -> FluxFamily:
         deadline=settings.flux_deadline,
         is_sandbox=sandbox,
         result_hosts=settings.flux_result_hosts,
+        max_retries=settings.provider_max_retries,
     )
     status = available_status(
         FluxFamily, backend, settings.flux_model, source, reason=ctx.sandbox_reason() if sandbox else None

@@ -187,6 +187,7 @@ async def build(ctx: BuildContext) -> StableDiffusionFamily:
         auth=auth,
         timeout=settings.provider_timeout,
         progress_interval=0.1 if sandbox else 1.0,  # the emulator's jobs are short: poll often enough to show
+        max_retries=settings.provider_max_retries,
         is_sandbox=sandbox,
     )
     status = available_status(
