@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from limner.library import ImageRecord
 from limner.probes import ProbeResult
@@ -151,11 +151,13 @@ class ToolResultOut(BaseModel):
 
 
 class KeyIn(BaseModel):
-    """A provider key to store (encrypted; never returned). Surrounding whitespace is removed first."""
+    """A provider key to store (encrypted; never returned).
 
-    model_config = ConfigDict(str_strip_whitespace=True)
+    The limits apply to the key as sent, so the schema and the server agree (a padded key over the length
+    is refused, a blank one too); surrounding whitespace is removed before the key is stored.
+    """
 
-    key: str = Field(min_length=1, max_length=4096)
+    key: str = Field(min_length=1, max_length=4096, pattern=r"\S", description="The key; not only whitespace.")
 
 
 class KeyStatusOut(BaseModel):
