@@ -271,7 +271,9 @@ class Settings(BaseSettings):
     """Partial images to stream while a GPT image model works (0-3), shown as progress. Each one adds
     about 100 output tokens to the cost; 0 turns streaming off."""
     provider_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("LIMNER_PROVIDER_MAX_RETRIES"))
-    """Retries of rate-limited or failed upstream calls (honouring `retry-after` up to 120 s)."""
+    """Retries of every upstream call by one rule: a call the service certainly did not do (connection
+    refused, 429, 503) is retried after its `Retry-After` (up to 60 s) or a backoff; a paid generation
+    whose outcome is unknown (a timeout after sending, 500, 502, 504) is never repeated."""
     fetch_allow_loopback: bool = Field(False, validation_alias=_env("LIMNER_FETCH_ALLOW_LOOPBACK"))
     """Let the safe fetcher reach loopback addresses (for emulators on this machine; private networks
     stay refused). The built-in sandbox allows its own URLs without this."""

@@ -447,8 +447,8 @@ async def test_each_submit_failure_maps_to_its_class(
 
 async def test_rate_limit_carries_retry_after(upstream: Upstream) -> None:
     upstream.emulator.faults.add(BFL_FAULTS["busy"](retry_after=3))
-    with pytest.raises(ProviderRateLimitError) as caught:
-        await upstream.backend().generate(gen(), api_key=KEY)
+    with pytest.raises(ProviderRateLimitError) as caught:  # retries off: the caller gets BFL's Retry-After
+        await upstream.backend(max_retries=0).generate(gen(), api_key=KEY)
     assert caught.value.retry_after == 3 and caught.value.status_code == 429
 
 
@@ -596,3 +596,25 @@ async def test_the_setting_reaches_the_flux_family_that_limner_builds(start: Sta
         assert backend.fetch_policy.allowed_hosts == BFL_DELIVERY_HOSTS | {"127.0.0.1", "localhost"}
         (output,) = await backend.generate(gen(), api_key=KEY)
     assert output.data and [r for r in upstream.emulator.requests if "/delivery/" in r.path]
+
+
+# --- retries of the paid submit (one policy for every upstream: backends/retries.py) -------------------
+
+
+def _submits(upstream: Upstream) -> list[Any]:
+    return [r for r in upstream.emulator.requests if r.method == "POST" and r.path.startswith("/bfl/v1/flux")]
+
+
+async def test_a_submit_refused_for_too_many_active_tasks_is_retried(upstream: Upstream) -> None:
+    upstream.emulator.faults.add(BFL_FAULTS["busy"](), times=2, path_contains="/v1/flux")
+    (output,) = await upstream.backend(max_retries=2).generate(gen(), api_key=KEY)
+    assert output.data
+    assert [r.status for r in _submits(upstream)] == [429, 429, 200]  # refused: no task, no credits spent
+
+
+@pytest.mark.parametrize("fault", ["server_error", "bad_gateway"])
+async def test_a_submit_that_may_have_created_a_task_is_not_repeated(upstream: Upstream, fault: str) -> None:
+    upstream.emulator.faults.add(BFL_FAULTS[fault](), times=3, path_contains="/v1/flux")
+    with pytest.raises(ProviderError):
+        await upstream.backend(max_retries=2).generate(gen(), api_key=KEY)
+    assert len(_submits(upstream)) == 1  # a second submit could pay for a second image

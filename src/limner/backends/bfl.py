@@ -39,6 +39,7 @@ from limner.backends.base import (
     ProgressCallback,
     SizeRule,
 )
+from limner.backends.retries import Outcome, RetryPolicy, call_with_retries, status_outcome, transport_outcome
 from limner.errors import (
     ConfigurationError,
     ContentPolicyError,
@@ -251,6 +252,7 @@ class BFLBackend(Backend):
         deadline: float = 300.0,
         is_sandbox: bool = False,
         result_hosts: Iterable[str] = (),
+        max_retries: int = 2,
     ) -> None:
         """``result_hosts`` widens ``fetch_policy``'s allow-list, if it has one (see :func:`allowed_result_hosts`)."""
         parts = urlsplit(base_url)
@@ -267,6 +269,7 @@ class BFLBackend(Backend):
         allowed = fetch_policy.allowed_hosts
         widened = None if allowed is None else allowed | allowed_result_hosts(base_url, result_hosts)
         self.fetch_policy = replace(fetch_policy, allowed_hosts=widened)
+        self.retries = RetryPolicy(max_retries=max_retries)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.deadline = deadline
@@ -332,8 +335,15 @@ class BFLBackend(Backend):
     async def _submit(self, model: str, body: bytes, api_key: str | None) -> _Submitted:
         path = f"/v1/{model}"
         headers = {**self._headers(api_key), "Content-Type": "application/json"}
-        response = await self.http_client.post(self.base_url + path, content=body, headers=headers)
-        data = self._json(response, "submit", path)
+
+        async def submit() -> dict[str, Any]:
+            response = await self.http_client.post(self.base_url + path, content=body, headers=headers)
+            return self._json(response, "submit", path)
+
+        # A task costs credits once BFL accepts it: repeated only when BFL certainly did not (retries.py).
+        data = await call_with_retries(
+            submit, policy=self.retries, idempotent=False, classify=_retry_outcome, what=self.display_name
+        )
         task_id = data.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise self._bad_response("a submit answer without a task id")
@@ -619,8 +629,17 @@ def _with_images(fields: dict[str, Any], images: list[bytes]) -> bytes:
 
 
 def _is_transient(exc: Exception) -> bool:
-    """Poll failures worth another poll: connection trouble and 5xx (a GET is safe to repeat)."""
-    return isinstance(exc, httpx2.TransportError) or (isinstance(exc, _BFLStatusError) and exc.status >= 500)
+    """Poll failures worth another poll: whatever the one policy repeats for an idempotent GET (retries.py)."""
+    decision = _retry_outcome(exc)
+    return decision is not None and RetryPolicy().allows(decision[0], idempotent=True)
+
+
+def _retry_outcome(exc: BaseException) -> tuple[Outcome, float | None] | None:
+    """What a failed request says about whether BFL did the work (retries.py)."""
+    if isinstance(exc, _BFLStatusError):
+        return status_outcome(exc.status), exc.retry_after
+    outcome = transport_outcome(exc)
+    return None if outcome is None else (outcome, None)
 
 
 def _is_loopback(host: str) -> bool:
