@@ -93,6 +93,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def create_token(workdir: Path, env: dict[str, str], user: str) -> str:
+    """``limner tokens create --user USER`` on the data dir of ``env``: the token it printed last."""
+    made = subprocess.run(
+        [sys.executable, "-m", "limner", "tokens", "create", "--user", user],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=workdir,
+    )
+    return made.stdout.split()[-1]
+
+
 class LimnerServe:
     """``python -m limner serve`` on a free loopback port, its output in ``workdir/server.log``."""
 

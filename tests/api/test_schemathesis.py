@@ -9,8 +9,6 @@ padded with whitespace, a wrongly typed ``vision_handoff`` coerced, ``OPTIONS`` 
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,25 +17,17 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from tests.processes import LimnerServe, clean_env
+from tests.processes import LimnerServe, clean_env, create_token
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LimnerServe, str]]:
     workdir = tmp_path_factory.mktemp("schemathesis")
     env = clean_env(LIMNER_DATA_DIR=str(workdir / "data"))
-    made = subprocess.run(
-        [sys.executable, "-m", "limner", "tokens", "create", "--user", "fuzz"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=workdir,
-    )
     server = LimnerServe(workdir, env)
     try:
         server.wait_ready()
-        yield server, made.stdout.split()[-1]
+        yield server, create_token(workdir, env, "fuzz")
     finally:
         server.stop()
 

@@ -18,7 +18,7 @@ from PIL import Image
 from limner.config import Settings
 from limner.db.repositories import StorageKeyRepository
 from limner.runtime import Runtime
-from tests.processes import LimnerServe, clean_env, free_port
+from tests.processes import LimnerServe, clean_env, create_token, free_port
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -26,15 +26,7 @@ def _env(data_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def _token(data_dir: Path, env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "limner", "tokens", "create", "--user", "pat"],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=data_dir.parent,
-    )
-    return out.stdout.split()[-1]
+    return create_token(data_dir.parent, env, "pat")
 
 
 @pytest.fixture
