@@ -333,18 +333,30 @@ def _pixel_bytes(mode: str) -> int:
     return 2 if mode.startswith("I;16") else 4
 
 
+def _decoder_extra(im: Image.Image, full: tuple[int, int]) -> int:
+    """Bytes a decoder holds beside the image it fills, as measured with Pillow 13: libwebp's canvas and
+    Pillow's copies of it (three more images' worth), a progressive JPEG's coefficients (6 bytes a pixel of
+    the whole picture at 4:4:4, about 2 when ``draft`` decodes it at a reduced scale).
+    """
+    if im.format == "WEBP":
+        return 3 * 4 * im.width * im.height
+    if im.format in ("JPEG", "MPO") and "progressive" in im.info:
+        return (6 if im.size == full else 2) * full[0] * full[1]
+    return 0
+
+
 def _decode_cost(im: Image.Image, media_type: str, frames: int) -> int:
     """Estimated peak bytes of decoding ``im``: an animation holds its frame, the previous one and a canvas
     (four bytes a pixel whatever the palette); a still image needs a second copy when it must be turned.
     """
-    pixels = im.width * im.height
+    pixels, extra = im.width * im.height, _decoder_extra(im, im.size)
     if frames > 1:
-        return 3 * 4 * pixels
+        return 3 * 4 * pixels + extra
     if media_type == "image/png":  # a PNG's EXIF after the pixel data is only seen by decoding
         turns = "exif" in im.info
     else:
         turns = media_type != "image/gif" and im.getexif().get(_ORIENTATION_TAG, 1) not in (None, 1)
-    return pixels * _pixel_bytes(im.mode) * (2 if turns else 1)
+    return pixels * _pixel_bytes(im.mode) * (2 if turns else 1) + extra
 
 
 def _open(data: bytes, media_type: str) -> Image.Image:
@@ -489,12 +501,15 @@ def _stripe_rows(width: int, factor: int) -> int:
 def _shrink_cost(data: bytes, max_side: int) -> int:
     """Estimated peak bytes of :func:`_shrunk` from the header (after ``draft``, which decodes nothing)."""
     with Image.open(io.BytesIO(data)) as im:
+        full = im.size
         _draft(im, max_side)
         width, height = im.size
         factor = _reduce_factor(im.size, _fitted(im.size, max_side))
-        frames = 2 if getattr(im, "is_animated", False) else 1  # the decoder's canvas beside the frame
-        decoded = width * height * _pixel_bytes(im.mode) * frames
-    stripe = 2 * 4 * width * _stripe_rows(width, factor)  # a stripe cropped, then converted
+        frames = 2 if getattr(im, "is_animated", False) else 1  # the frame and the one before
+        decoded = width * height * _pixel_bytes(im.mode) * frames + _decoder_extra(im, full)
+    if factor == 1:
+        return decoded + 4 * width * height  # converted whole: it is small enough
+    stripe = 2 * 4 * width * min(height, _stripe_rows(width, factor))  # a stripe cropped, then converted
     reduced = 2 * 4 * -(-width // factor) * -(-height // factor)  # the reduced copy, then resampled
     return decoded + stripe + reduced
 

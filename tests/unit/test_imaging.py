@@ -6,6 +6,7 @@ import logging
 import weakref
 import zlib
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -427,3 +428,43 @@ def _noisy(width: int, height: int, mode: str) -> bytes:
     out = io.BytesIO()
     im.save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+class RecordingBudget(DecodeBudget):
+    """A budget that notes what each decode reserved."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 40)
+        self.reserved: list[int] = []
+
+    def reserve(self, nbytes: int) -> AbstractAsyncContextManager[None]:
+        self.reserved.append(nbytes)
+        return super().reserve(nbytes)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "at_least", "below"),
+    [
+        ("PNG", {}, 4, 5),  # four bytes a pixel (RGB is stored in four)
+        ("WEBP", {"lossless": True}, 16, 17),  # libwebp's canvas and Pillow's copies of it
+        ("JPEG", {}, 4, 5),
+        ("JPEG", {"progressive": True}, 10, 11),  # the coefficients of every block, beside the pixels
+    ],
+)
+async def test_an_upload_check_reserves_what_its_decoder_holds(
+    fmt: str, options: dict[str, Any], at_least: int, below: int
+) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (1000, 800), (5, 6, 7)).save(out, format=fmt, **options)
+    budget = RecordingBudget()
+    await validate_image(out.getvalue(), **LIMITS, budget=budget)
+    (reserved,) = budget.reserved
+    assert at_least * 800_000 <= reserved < below * 800_000
+
+
+async def test_a_jpeg_thumbnail_reserves_a_fraction_of_the_full_decode() -> None:
+    budget = RecordingBudget()
+    await make_thumbnail(images.encoded("PNG", 4000, 3000), 256, budget=budget)
+    await make_thumbnail(images.encoded("JPEG", 4000, 3000), 256, budget=budget)
+    png, jpeg = budget.reserved
+    assert png >= 4000 * 3000 * 4 and jpeg < png / 8  # decoded at 1/4 scale
