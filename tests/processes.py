@@ -125,6 +125,16 @@ class LimnerServe:
                 time.sleep(0.1)
         raise AssertionError("limner serve did not start:\n" + self.output())
 
+    def wait_probed(self, timeout: float = 60) -> None:
+        """Wait until the first probe of every configured provider has a result (it runs after start)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            families = httpx2.get(f"{self.url}/api/health", timeout=5).json()["families"]
+            if all((f.get("provider") or {}).get("state") != "unknown" for f in families):
+                return
+            assert time.monotonic() < deadline, f"the provider probe never finished: {families}"
+            time.sleep(0.05)
+
     def wait_for_log(self, text: str, timeout: float = 60) -> None:
         """Wait until the output contains ``text`` (a crash point announcing itself)."""
         deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ CLI_HINTS: dict[str, str] = {
         "or leave out --conversation to start a new one."
     ),
     "agent_not_found": "An agent belongs to the user who made it ({user!r} here): add `--user NAME`.",
+    "token_not_found": "`limner tokens list` shows every token with its ID.",
     "missing_credentials": (
         "Set {env_var} in the environment or in a .env file in this folder "
         "(with no provider configured at all, the CLI uses the built-in sandbox)."

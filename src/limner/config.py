@@ -193,6 +193,10 @@ class Settings(BaseSettings):
     """Default editing endpoint of the `flux` tool (a FLUX Kontext or FLUX.2 endpoint)."""
     flux_deadline: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_FLUX_DEADLINE"))
     """Seconds a Flux task may take from submission to a ready image before it is abandoned."""
+    flux_result_hosts: tuple[str, ...] = Field((), validation_alias=_env("LIMNER_FLUX_RESULT_HOSTS"))
+    """Comma-separated host names or `*.domain` patterns where Flux result links may also point, for a
+    gateway that hands out links on yet another host. BFL's delivery hosts (`*.bfl.ai`, `*.bfl.ml`) and the
+    host of `FLUX_API_BASE_URL` are always allowed."""
 
     allow_registration: bool = Field(True, validation_alias=_env("LIMNER_ALLOW_REGISTRATION"))
     """Whether anyone may sign up in the web UI (the first user becomes the administrator)."""
@@ -271,7 +275,9 @@ class Settings(BaseSettings):
     """Partial images to stream while a GPT image model works (0-3), shown as progress. Each one adds
     about 100 output tokens to the cost; 0 turns streaming off."""
     provider_max_retries: int = Field(2, ge=0, le=10, validation_alias=_env("LIMNER_PROVIDER_MAX_RETRIES"))
-    """Retries of rate-limited or failed upstream calls (honouring `retry-after` up to 120 s)."""
+    """Retries of every upstream call by one rule: a call the service certainly did not do (connection
+    refused, 429, 503) is retried after its `Retry-After` (up to 60 s) or a backoff; a paid generation
+    whose outcome is unknown (a timeout after sending, 500, 502, 504) is never repeated."""
     fetch_allow_loopback: bool = Field(False, validation_alias=_env("LIMNER_FETCH_ALLOW_LOOPBACK"))
     """Let the safe fetcher reach loopback addresses (for emulators on this machine; private networks
     stay refused). The built-in sandbox allows its own URLs without this."""
@@ -296,6 +302,22 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_url(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("flux_result_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        """A comma-separated string becomes lower-case host patterns; a URL or a stray ``*`` is refused."""
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            return value
+        hosts = tuple(str(item).strip().lower().rstrip(".") for item in items if str(item).strip())
+        for host in hosts:
+            bare = host.removeprefix("*.")
+            if not bare or any(char in bare for char in "*/:@ ") or ".." in bare or bare.startswith("."):
+                raise ValueError(
+                    f"{host!r} is not a host name or *.domain pattern (e.g. gw.example.com, *.example.com)"
+                )
+        return hosts
 
     @field_validator("log_level")
     @classmethod

@@ -37,6 +37,7 @@ from mcp.server.stdio import stdio_server
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -432,6 +433,7 @@ class MCPHTTPApp:
         self.transport_security = transport_security
         self._runtime: Runtime | None = None
         self._manager: StreamableHTTPSessionManager | None = None
+        self._path = "/mcp"
 
     @asynccontextmanager
     async def running(self, runtime: Runtime) -> AsyncIterator[None]:
@@ -445,9 +447,19 @@ class MCPHTTPApp:
             finally:
                 self._runtime, self._manager = None, None
 
-    def route(self, path: str = "/mcp") -> Route:
-        """A Starlette route for this endpoint (a Route, not a Mount: a Mount would redirect ``/mcp``)."""
-        return Route(path, endpoint=self, methods=["GET", "POST", "DELETE"])
+    def routes(self, path: str = "/mcp") -> list[Route]:
+        """The endpoint (a Route, not a Mount: a Mount would redirect ``/mcp``) and its protected resource
+        metadata (RFC 9728), where an MCP client that met a 401 looks for how to get a token.
+        """
+        self._path = path
+
+        async def metadata(request: Request) -> JSONResponse:
+            return JSONResponse(_resource_metadata(_base_url(request.scope), path))
+
+        return [
+            Route(path, endpoint=self, methods=["GET", "POST", "DELETE"]),
+            Route(_METADATA_PREFIX + path, endpoint=metadata, methods=["GET"]),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authenticate, then delegate; the user travels in the scope's state, out of the client's reach."""
@@ -460,8 +472,7 @@ class MCPHTTPApp:
         token = _bearer_token(scope)
         user = await self._user(runtime, token) if token else None
         if user is None:
-            message = "The API token is not valid." if token else "Send 'Authorization: Bearer <API token>'."
-            await _error(401, "unauthorized", message, "`limner tokens create` makes one.")(scope, receive, send)
+            await _unauthorized(scope, self._path, token_sent=token is not None)(scope, receive, send)
             return
         state = dict(scope.get("state") or {})
         state[_USER_STATE_KEY] = user.id
@@ -492,7 +503,7 @@ def create_mcp_http_app(
         async with endpoint.running(runtime):
             yield
 
-    return Starlette(routes=[endpoint.route(path)], lifespan=lifespan)
+    return Starlette(routes=endpoint.routes(path), lifespan=lifespan)
 
 
 def _bearer_token(scope: Scope) -> str | None:
@@ -505,8 +516,51 @@ def _bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def _error(status: int, code: str, message: str, hint: str | None = None) -> JSONResponse:
-    """The one error shape of limner's API; 401s carry the Bearer challenge."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(
+    status: int, code: str, message: str, hint: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error shape of limner's API."""
     body = {"error": {"code": code, "message": message, "hint": hint, "provider": None}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+_METADATA_PREFIX = "/.well-known/oauth-protected-resource"
+_HOW_TO_AUTHENTICATE = (
+    "limner takes its own API tokens, not OAuth: create one with `limner tokens create --user NAME` and send "
+    "it as 'Authorization: Bearer <token>' (in an MCP client's configuration: a header or bearer token)."
+)
+
+
+def _unauthorized(scope: Scope, path: str, *, token_sent: bool) -> JSONResponse:
+    """A 401 as the MCP authorization spec has it: the Bearer challenge points at the resource metadata.
+
+    limner runs no authorization server, so the metadata lists none; a client that reads the challenge
+    (or the ``error_description``) learns that it needs a token from the operator instead of starting an
+    OAuth flow that cannot succeed.
+    """
+    challenge = f'Bearer realm="limner", resource_metadata="{_base_url(scope)}{_METADATA_PREFIX}{path}"'
+    if token_sent:
+        challenge += ', error="invalid_token", error_description="The API token is not valid."'
+        message = "The API token is not valid (mistyped, revoked or expired)."
+    else:
+        challenge += ', error_description="Send a limner API token as a Bearer token."'
+        message = "No API token was sent."
+    return _error(401, "unauthorized", message, _HOW_TO_AUTHENTICATE, headers={"WWW-Authenticate": challenge})
+
+
+def _resource_metadata(base_url: str, path: str) -> dict[str, object]:
+    """OAuth 2.0 Protected Resource Metadata (RFC 9728) of the MCP endpoint: bearer tokens in the header,
+    issued by no authorization server (limner's API tokens come from the operator or the user).
+    """
+    return {
+        "resource": f"{base_url}{path}",
+        "resource_name": "limner",
+        "authorization_servers": [],
+        "bearer_methods_supported": ["header"],
+        "resource_documentation": f"{base_url}/docs",
+        "scopes_supported": [],
+    }
+
+
+def _base_url(scope: Scope) -> str:
+    return str(Request(scope).base_url).rstrip("/")

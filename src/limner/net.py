@@ -55,6 +55,7 @@ __all__ = [
     "create_http_client",
     "host_matches",
     "is_public_address",
+    "refused_host",
     "resolve_host",
     "safe_fetch",
 ]
@@ -290,6 +291,29 @@ def host_matches(host: str, patterns: frozenset[str]) -> bool:
     return False
 
 
+def _host_of(url: httpx2.URL) -> str:
+    """The host as the allow-list sees it: IDNA (punycode) form, lower case, no trailing dot."""
+    host = url.raw_host.decode("ascii", "replace").lower()
+    return host[:-1] if host.endswith(".") else host
+
+
+def _is_allowed(host: str, policy: FetchPolicy) -> bool:
+    return policy.allowed_hosts is None or host_matches(host, policy.allowed_hosts)
+
+
+def refused_host(url: str, policy: FetchPolicy) -> str | None:
+    """The host of ``url`` when ``policy``'s allow-list would refuse it, else None.
+
+    For callers that explain that one refusal in their own terms (which setting admits the host) before
+    :func:`safe_fetch` enforces it; a URL too malformed to have a host is left to :func:`safe_fetch`.
+    """
+    try:
+        host = _host_of(_parse(url))
+    except UnsafeURLError:
+        return None
+    return host if host and not _is_allowed(host, policy) else None
+
+
 def _ip_literal(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
@@ -305,8 +329,7 @@ def _checked_host(url: httpx2.URL, policy: FetchPolicy, where: str, via: str | N
         raise _refused(where, f"the scheme '{scheme}' is not allowed (allowed: {allowed})", "Use an http(s) link.", via)
     if url.userinfo:
         raise _refused(where, "the URL carries a user name or password", "Remove the credentials.", via)
-    host = url.raw_host.decode("ascii", "replace").lower()
-    host = host[:-1] if host.endswith(".") else host
+    host = _host_of(url)
     if not host:
         raise _refused(where, "the URL has no host", "Check the link.", via)
     if _ip_literal(host) is None:
@@ -319,8 +342,8 @@ def _checked_host(url: httpx2.URL, policy: FetchPolicy, where: str, via: str | N
             )
         if not _HOSTNAME.fullmatch(host) or len(host) > 253:
             raise _refused(where, f"'{host}' is not a valid host name", "Check the link.", via)
-    if policy.allowed_hosts is not None and not host_matches(host, policy.allowed_hosts):
-        allowed = ", ".join(sorted(policy.allowed_hosts))
+    if not _is_allowed(host, policy):
+        allowed = ", ".join(sorted(policy.allowed_hosts or ()))
         raise _refused(
             where,
             f"the host '{host}' is not one of the allowed hosts ({allowed})",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,12 +31,13 @@ from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
 from limner.periodic import repeating
+from limner.probes import PROBE_INTERVAL, ProbeTarget, ProviderProbes
 from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
 from limner.storage import LocalBlobStore, make_private
 from limner.tools.base import ToolContext, ToolSpec
-from limner.tools.family import BuildContext, Family, FamilyStatus, SandboxURLs
+from limner.tools.family import BackendFamily, BuildContext, Family, FamilyStatus, SandboxURLs
 from limner.tools.library import library_tools
 from limner.tools.registry import any_configured, build_families
 
@@ -89,6 +90,7 @@ class Runtime:
             families=lambda: [f for f in self.families if not f.startswith("mcp:")] + ["library"],
         )
         self.accounts = Accounts.from_settings(db, settings)
+        self.probes = ProviderProbes()  # replaced in open() when real providers are configured
         self.running_turns: dict[str, asyncio.Task[Any]] = {}
         """Conversation ID to the task answering it, so a client can ask to stop."""
 
@@ -158,16 +160,23 @@ class Runtime:
             await stack.enter_async_context(runtime.accounts.sweeping())  # expired sessions and tokens
             if with_tools:
                 runtime.chat_client = await _http_client(settings, stack, sandbox=sandbox is not None and sandbox.chat)
+                targets = _probe_targets(families)
+                if targets:
+                    runtime.probes = ProviderProbes(targets, await _http_client(settings, stack, sandbox=False))
             yield runtime
 
     @asynccontextmanager
     async def chores(self) -> AsyncIterator[None]:
         """A long-running server's background work (``limner serve``); the CLI's short commands skip it.
 
-        Today the sweep of files left by a crash mid-save, so nobody has to remember ``limner db sweep``.
+        The sweep of files left by a crash mid-save, so nobody has to remember ``limner db sweep``, and the
+        probe of each configured provider, so an address that answers nothing is known before a call fails.
         """
         sweep = self.library.sweep_and_report
-        async with repeating(sweep, self.settings.sweep_interval, name="sweep of orphaned files"):
+        async with (
+            repeating(sweep, self.settings.sweep_interval, name="sweep of orphaned files"),
+            repeating(self.probes.probe_all, PROBE_INTERVAL, name="provider probe"),
+        ):
             yield
 
     def tools(self) -> dict[str, ToolSpec[Any]]:
@@ -254,6 +263,16 @@ async def _start_sandbox(settings: Settings, stack: AsyncExitStack) -> SandboxIn
     return SandboxInfo(
         base_url=running.base_url, urls=dict(running.urls), reason=reason, chat=chat, emulators=emulators
     )
+
+
+def _probe_targets(families: Iterable[Family]) -> list[ProbeTarget]:
+    """The configured providers worth probing: a real backend with a URL setting (not an emulator, not MCP)."""
+    targets = []
+    for family in families:
+        backend = family.backend if isinstance(family, BackendFamily) else None
+        if backend is not None and not backend.is_sandbox and isinstance(family, BackendFamily) and family.url_setting:
+            targets.append(ProbeTarget(family.id, family.title, backend.endpoint, family.url_setting))
+    return targets
 
 
 async def _http_client(settings: Settings, stack: AsyncExitStack, *, sandbox: bool) -> httpx2.AsyncClient:

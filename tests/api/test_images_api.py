@@ -153,7 +153,7 @@ async def test_health_announces_the_sandbox(api: httpx2.AsyncClient) -> None:
     assert health["sandbox"]["active"] is True
     assert health["sandbox"]["reason"] == "LIMNER_SANDBOX=on"
     families = {f["id"]: f for f in health["families"]}
-    assert families["image_gen_oai"] == {"id": "image_gen_oai", "available": True, "is_sandbox": True}
+    assert families["image_gen_oai"] == {"id": "image_gen_oai", "available": True, "is_sandbox": True, "provider": None}
     assert all(f["available"] and f["is_sandbox"] for f in families.values())
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from limner.config import Settings
 from limner.db.repositories import StorageKeyRepository
 from limner.runtime import Runtime
-from tests.processes import LimnerServe, clean_env
+from tests.processes import LimnerServe, clean_env, free_port
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -74,14 +74,24 @@ def test_quick_start_defaults_serve_the_sandbox(data_dir: Path, server_factory: 
 
 
 def test_configured_provider_turns_the_sandbox_off(data_dir: Path, server_factory: list[LimnerServe]) -> None:
-    env = _env(data_dir, IMAGE_GEN_OAI_API_KEY="user_provided")
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # a configured provider that is not there (and offline)
+    env = _env(data_dir, IMAGE_GEN_OAI_API_KEY="user_provided", IMAGE_GEN_OAI_BASEURL=closed)
     server = LimnerServe(data_dir.parent, env)
     server_factory.append(server)
     health = server.wait_ready()
     assert health["sandbox"]["active"] is False  # type: ignore[index]
-    families = {f["id"]: f for f in health["families"]}  # type: ignore[attr-defined]
-    assert families["image_gen_oai"] == {"id": "image_gen_oai", "available": True, "is_sandbox": False}
+    server.wait_probed()
+    health = httpx2.get(f"{server.url}/api/health", timeout=10).json()
+    families = {f["id"]: f for f in health["families"]}
+    assert {k: v for k, v in families["image_gen_oai"].items() if k != "provider"} == {
+        "id": "image_gen_oai",
+        "available": True,
+        "is_sandbox": False,
+    }
+    assert families["image_gen_oai"]["provider"]["state"] == "not_answering"  # the log says it too
+    assert "IMAGE_GEN_OAI_BASEURL" in families["image_gen_oai"]["provider"]["hint"]
     assert families["dalle"]["available"] is False  # never silently replaced by the sandbox
+    assert "OpenAI Image Tools: Nothing accepts connections there" in server.output()
 
 
 def test_invalid_setting_stops_the_server_naming_it(data_dir: Path) -> None:

@@ -86,11 +86,13 @@ def _servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Lim
             LIMNER_SANDBOX_PORT=str(emulator_port),
             IMAGE_GEN_OAI_API_KEY="user_provided",
             IMAGE_GEN_OAI_BASEURL=f"http://127.0.0.1:{emulator_port}/openai/v1",
+            SD_WEBUI_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens: the probe says so
         ),
     }
     try:
         for started in servers.values():
             started.wait_ready()
+            started.wait_probed()
         yield servers
     finally:
         for started in servers.values():

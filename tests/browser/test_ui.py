@@ -209,6 +209,9 @@ def test_setting_a_key_lets_the_tool_run(keys_server: LimnerServer, visit: Calla
     expect(family).to_contain_text("Uses your key.")
     expect(dialog.locator('.family-card[data-family="flux"]')).to_contain_text("Not available")
     expect(dialog.locator('.family-card[data-family="flux"]')).to_contain_text("FLUX_API_KEY")
+    silent = dialog.locator('.family-card[data-family="stable-diffusion"]')  # SD_WEBUI_URL points at nothing
+    expect(silent.locator(".pill")).to_have_text("Not answering")
+    expect(silent.locator(".family-probe")).to_contain_text("Check SD_WEBUI_URL")
     visitor.shot("settings-tools")
     dialog.get_by_role("button", name="Close").click()
 

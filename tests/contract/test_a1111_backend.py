@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from limner.sandbox import Fault, read_stamp
 from limner.sandbox.a1111 import A1111Emulator
 from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
+from tests.processes import free_port
 
 USER, PASSWORD = "alice", "pa55-w0rd-secret"
 LIBRECHAT_BODY = {"cfg_scale": 4.5, "steps": 22, "width": 1024, "height": 1024}
@@ -464,3 +466,31 @@ async def test_passwords_never_appear_in_errors(start: Start) -> None:
     with pytest.raises(ProviderUnavailableError) as per_call:
         await upstream.backend().generate(gen(), api_key=f"{USER}:{PASSWORD}")
     assert PASSWORD not in str(per_call.value) and token not in str(per_call.value)
+
+
+# --- retries (one policy for every upstream: backends/retries.py) -----------------------------------
+
+
+async def test_a_busy_web_ui_is_retried_and_a_failed_generation_is_not(upstream: Upstream) -> None:
+    emulator = upstream.emulator
+    emulator.faults.add(emulator.error_fault(503, "busy"), path_contains="txt2img", times=2)
+    (output,) = await upstream.backend(max_retries=2).generate(gen(size="64x64"), api_key=None)
+    assert output.data  # 503: the web UI did not start it, so asking again is safe
+    assert len([r for r in emulator.requests if r.path.endswith("/txt2img")]) == 3
+
+    before = len(emulator.requests)
+    emulator.faults.add(emulator.error_fault(500, "CUDA out of memory"), path_contains="txt2img", times=3)
+    with pytest.raises(ProviderUnavailableError):
+        await upstream.backend(max_retries=2).generate(gen(size="64x64"), api_key=None)
+    assert len([r for r in emulator.requests[before:] if r.path.endswith("/txt2img")]) == 1  # may have run
+
+
+async def test_a_web_ui_that_is_not_listening_is_tried_again(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="limner.backends.retries")
+    async with await asyncio.to_thread(create_http_client, timeout=5) as http:
+        closed = f"http://127.0.0.1:{free_port()}"
+        backend = A1111Backend(base_url=closed, http_client=http, defaults=SDDefaults(), max_retries=2)
+        with pytest.raises(ProviderUnavailableError, match="Could not connect"):
+            await backend.generate(gen(size="64x64"), api_key=None)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2 and all("not_sent" in line for line in retries)

@@ -10,6 +10,7 @@ import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -31,12 +32,14 @@ from limner.errors import (
     UnsupportedOperationError,
 )
 from limner.net import FetchPolicy, create_http_client
+from limner.runtime import Runtime
 from limner.sandbox import read_stamp
 from limner.sandbox.bfl import BFLEmulator
 from limner.sandbox.bfl_wire import BFL_FAULTS
 from limner.sandbox.faults import Fault
 from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
+from tests.conftest import make_settings
 
 KEY = "bfl_test_key_abcdef0123456789"
 LOOPBACK = FetchPolicy(max_bytes=50 * 1024 * 1024, allow_loopback=True)
@@ -444,8 +447,8 @@ async def test_each_submit_failure_maps_to_its_class(
 
 async def test_rate_limit_carries_retry_after(upstream: Upstream) -> None:
     upstream.emulator.faults.add(BFL_FAULTS["busy"](retry_after=3))
-    with pytest.raises(ProviderRateLimitError) as caught:
-        await upstream.backend().generate(gen(), api_key=KEY)
+    with pytest.raises(ProviderRateLimitError) as caught:  # retries off: the caller gets BFL's Retry-After
+        await upstream.backend(max_retries=0).generate(gen(), api_key=KEY)
     assert caught.value.retry_after == 3 and caught.value.status_code == 429
 
 
@@ -515,12 +518,13 @@ async def test_expired_sample_is_unavailable(start: Start) -> None:
     assert caught.value.status_code == 403 and "10 minutes" in str(caught.value.hint)
 
 
-async def test_the_sample_goes_through_the_safe_fetcher(upstream: Upstream) -> None:
+async def test_the_sample_goes_through_the_safe_fetcher(start: Start) -> None:
+    upstream = await start(polling_host_alias="localhost")  # links on localhost, the base URL on 127.0.0.1
     strict = upstream.backend(fetch_policy=FetchPolicy(max_bytes=50 * 1024 * 1024))
     with pytest.raises(ProviderResponseError, match="loopback"):
         await strict.generate(gen(), api_key=KEY)
     listed = FetchPolicy(max_bytes=50 * 1024 * 1024, allow_loopback=True, allowed_hosts=BFL_DELIVERY_HOSTS)
-    with pytest.raises(ProviderResponseError, match="allowed hosts"):
+    with pytest.raises(ProviderResponseError, match="the host 'localhost'"):
         await upstream.backend(fetch_policy=listed).generate(gen(), api_key=KEY)
     assert not [r for r in upstream.emulator.requests if "/delivery/" in r.path]
 
@@ -539,3 +543,78 @@ def test_profiles_cover_the_endpoints() -> None:
     assert all(profile.max_n == 1 and profile.family == "flux" for profile in profiles.values())
     assert profiles["flux-2-pro"].max_input_images == 8 and profiles["flux-kontext-pro"].max_input_images == 4
     assert not profiles["flux-pro-1.1"].supports_edit and "finetune_id" in profiles["flux-pro-finetuned"].option_keys
+
+
+# --- behind a gateway: where result links may point ---------------------------------------------------
+
+DELIVERY_ONLY = FetchPolicy(max_bytes=50 * 1024 * 1024, allow_loopback=True, allowed_hosts=BFL_DELIVERY_HOSTS)
+
+
+async def test_result_links_on_the_gateways_own_host_are_fetched(start: Start) -> None:
+    """FLUX_API_BASE_URL on a gateway ('localhost' here) that hands out links on its own host."""
+    upstream = await start()
+    gateway = upstream.url.replace("127.0.0.1", "localhost")
+    backend = upstream.backend(base_url=gateway, fetch_policy=DELIVERY_ONLY, is_sandbox=False)
+    (output,) = await backend.generate(gen(), api_key=KEY)
+    assert output.data
+    (delivery,) = [r for r in upstream.emulator.requests if "/delivery/" in r.path]
+    assert delivery.headers["host"].startswith("localhost:")
+
+
+async def test_a_link_on_another_host_is_refused_naming_the_host_and_the_setting(start: Start) -> None:
+    upstream = await start(polling_host_alias="localhost")  # polls and links on localhost, base on 127.0.0.1
+    backend = upstream.backend(fetch_policy=DELIVERY_ONLY, is_sandbox=False)
+    with pytest.raises(ProviderResponseError) as caught:
+        await backend.generate(gen(), api_key=KEY)
+    assert "'localhost'" in caught.value.message
+    hint = str(caught.value.hint)
+    assert "LIMNER_FLUX_RESULT_HOSTS" in hint and "localhost" in hint and "Try again" not in hint
+    assert not [r for r in upstream.emulator.requests if "/delivery/" in r.path]
+
+
+async def test_hosts_in_the_setting_are_fetched(start: Start) -> None:
+    upstream = await start(polling_host_alias="localhost")
+    backend = upstream.backend(fetch_policy=DELIVERY_ONLY, is_sandbox=False, result_hosts=("localhost",))
+    (output,) = await backend.generate(gen(), api_key=KEY)
+    assert output.data and [r for r in upstream.emulator.requests if "/delivery/" in r.path]
+
+
+async def test_the_setting_reaches_the_flux_family_that_limner_builds(start: Start, tmp_path: Path) -> None:
+    """FLUX_API_BASE_URL and LIMNER_FLUX_RESULT_HOSTS as an operator sets them, through the runtime."""
+    upstream = await start(polling_host_alias="localhost")
+    settings = make_settings(
+        tmp_path,
+        sandbox="off",
+        flux_api_key=KEY,
+        flux_api_base_url=upstream.url,
+        fetch_allow_loopback=True,
+        flux_result_hosts="localhost",
+    )
+    async with Runtime.open(settings) as runtime:
+        backend = runtime.families["flux"].backend
+        assert isinstance(backend, BFLBackend) and not backend.is_sandbox
+        assert backend.fetch_policy.allowed_hosts == BFL_DELIVERY_HOSTS | {"127.0.0.1", "localhost"}
+        (output,) = await backend.generate(gen(), api_key=KEY)
+    assert output.data and [r for r in upstream.emulator.requests if "/delivery/" in r.path]
+
+
+# --- retries of the paid submit (one policy for every upstream: backends/retries.py) -------------------
+
+
+def _submits(upstream: Upstream) -> list[Any]:
+    return [r for r in upstream.emulator.requests if r.method == "POST" and r.path.startswith("/bfl/v1/flux")]
+
+
+async def test_a_submit_refused_for_too_many_active_tasks_is_retried(upstream: Upstream) -> None:
+    upstream.emulator.faults.add(BFL_FAULTS["busy"](), times=2, path_contains="/v1/flux")
+    (output,) = await upstream.backend(max_retries=2).generate(gen(), api_key=KEY)
+    assert output.data
+    assert [r.status for r in _submits(upstream)] == [429, 429, 200]  # refused: no task, no credits spent
+
+
+@pytest.mark.parametrize("fault", ["server_error", "bad_gateway"])
+async def test_a_submit_that_may_have_created_a_task_is_not_repeated(upstream: Upstream, fault: str) -> None:
+    upstream.emulator.faults.add(BFL_FAULTS[fault](), times=3, path_contains="/v1/flux")
+    with pytest.raises(ProviderError):
+        await upstream.backend(max_retries=2).generate(gen(), api_key=KEY)
+    assert len(_submits(upstream)) == 1  # a second submit could pay for a second image

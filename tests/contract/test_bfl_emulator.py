@@ -14,6 +14,7 @@ from typing import Any
 import httpx2
 import pytest
 from PIL import Image
+from starlette.types import ASGIApp
 
 from limner.net import create_http_client
 from limner.sandbox import read_stamp
@@ -22,6 +23,7 @@ from limner.sandbox.bfl_catalog import ENDPOINTS
 from limner.sandbox.bfl_tasks import TaskStatus
 from limner.sandbox.bfl_wire import BFL_FAULTS
 from limner.sandbox.faults import Fault
+from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
 
@@ -213,6 +215,30 @@ async def test_polling_url_can_name_another_host_alias(start: Start) -> None:
     body, _ = await api.finish(submitted)
     assert body["status"] == "Ready"
     assert api.emulator.requests[-1].headers["host"].startswith("localhost:")
+
+
+async def test_served_under_bfl_and_at_the_root_with_links_on_the_same_prefix(start: Start) -> None:
+    """The official client keeps only the host of its base URL, so the root answers as /bfl does."""
+    api = await start()
+    root = api.base.removesuffix("/bfl")
+    for base in (api.base, root):
+        response = await api.http.post(f"{base}/v1/flux-dev", json={"prompt": "p"}, headers={"x-key": KEY})
+        submitted = response.json()
+        assert submitted["polling_url"] == f"{base}/v1/get_result?id={submitted['id']}"
+        body, _ = await api.finish(submitted)
+        assert body["result"]["sample"].startswith(f"{base}/delivery/results/")
+        assert (await api.http.get(body["result"]["sample"])).status_code == 200
+    assert (await api.http.get(f"{root}/elsewhere")).json() == {"detail": "Not Found"}
+
+
+def test_only_one_emulator_can_take_the_root() -> None:
+    with pytest.raises(ValueError, match="root"):
+        Sandbox(bfl=BFLEmulator(), openai=_RootClaimant()).app()
+
+
+class _RootClaimant(OpenAIImagesEmulator):
+    def mounts(self) -> dict[str, ASGIApp]:
+        return {**super().mounts(), "": super().app()}
 
 
 async def test_answers_without_polling_url(start: Start) -> None:

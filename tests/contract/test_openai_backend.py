@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from limner.sandbox.faults import Fault, FaultKind
 from limner.sandbox.openai_images import OpenAIImagesEmulator
 from limner.sandbox.server import Sandbox, serve_sandbox
 from tests import images
+from tests.processes import free_port
 
 KEY = "sk-test-key-1234"
 
@@ -173,7 +175,37 @@ async def test_retries_honour_retry_after(upstream: Upstream) -> None:
     backend = upstream.backend(max_retries=2)
     (output,) = await backend.generate(gen(), api_key=KEY)
     assert output.data
-    assert [r.headers.get("x-stainless-retry-count") for r in upstream.emulator.requests[-3:]] == ["0", "1", "2"]
+    assert [r.status for r in upstream.emulator.requests] == [429, 429, 200]  # refused twice: not done, retried
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.server_error(), Fault.insufficient_quota()],
+    ids=["500: may have been done", "429 insufficient_quota: waiting does not cure it"],
+)
+async def test_a_paid_call_whose_outcome_is_unknown_or_final_is_not_repeated(upstream: Upstream, fault: Fault) -> None:
+    upstream.emulator.faults.add(fault, times=3)
+    with pytest.raises(ProviderError):
+        await upstream.backend(max_retries=2).generate(gen(), api_key=KEY)
+    assert len(upstream.emulator.requests) == 1  # the SDK's own retries sent this three times
+
+
+async def test_a_timed_out_paid_call_is_not_repeated(upstream: Upstream) -> None:
+    upstream.emulator.faults.add(Fault.hang(), times=3)
+    with pytest.raises(ProviderUnavailableError):
+        await upstream.backend(max_retries=2, timeout=0.3).generate(gen(), api_key=KEY)
+    assert len(upstream.emulator.requests) == 1  # it may be generating (and billing) still
+
+
+async def test_a_call_that_never_reached_the_service_is_retried(
+    upstream: Upstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="limner.backends.retries")
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ProviderUnavailableError, match="Could not connect"):
+        await upstream.backend(base_url=closed, max_retries=2).generate(gen(), api_key=KEY)
+    retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(retries) == 2 and all("not_sent" in line for line in retries)
 
 
 async def test_timeout_is_unavailable(upstream: Upstream) -> None:

@@ -326,7 +326,7 @@ async def _http_client(url: str, token: str, **options: Any) -> AsyncIterator[Cl
 
 
 async def test_http_endpoint_answers_503_until_it_runs() -> None:
-    app = Starlette(routes=[MCPHTTPApp().route()])
+    app = Starlette(routes=MCPHTTPApp().routes())
     async with httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://limner.test") as http:
         response = await http.post("/mcp", json={}, headers={"Authorization": "Bearer lmn_x"})
     assert response.status_code == 503
@@ -339,10 +339,22 @@ async def test_http_without_a_valid_token_is_401(mcp_url: str) -> None:
     async with httpx2.AsyncClient(timeout=10) as http:
         missing = await http.post(mcp_url, json=body, headers=headers)
         wrong = await http.post(mcp_url, json=body, headers={**headers, "Authorization": "Bearer lmn_wrong"})
+    metadata_url = mcp_url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp")
     for response in (missing, wrong):
         assert response.status_code == 401
-        assert response.headers["www-authenticate"] == "Bearer"
-        assert response.json()["error"]["code"] == "unauthorized"
+        challenge = response.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="limner", ') and f'resource_metadata="{metadata_url}"' in challenge
+        error = response.json()["error"]
+        assert error["code"] == "unauthorized"
+        assert "limner tokens create" in error["hint"] and "not OAuth" in error["hint"]
+    assert 'error="invalid_token"' in wrong.headers["www-authenticate"]
+    assert "error=" not in missing.headers["www-authenticate"].replace("error_description", "")  # RFC 6750 §3.1
+    async with httpx2.AsyncClient(timeout=10) as http:
+        metadata = (await http.get(metadata_url)).json()
+    # RFC 9728: the resource is this endpoint, the token goes in the header, and no authorization server
+    # issues it, so a client knows not to start OAuth.
+    assert metadata["resource"] == mcp_url
+    assert metadata["bearer_methods_supported"] == ["header"] and metadata["authorization_servers"] == []
 
 
 async def test_http_each_user_sees_only_their_own_images(mcp_url: str, runtime: Runtime) -> None:

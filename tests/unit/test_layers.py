@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "net": 1,
     "throttle": 1,
     "library": 2,
+    "probes": 2,
     "accounts": 2,
     "keys": 2,
     "usage": 2,

@@ -35,6 +35,7 @@ from limner.net import (
     create_http_client,
     host_matches,
     is_public_address,
+    refused_host,
     resolve_host,
     safe_fetch,
 )
@@ -496,6 +497,31 @@ async def test_real_resolver_does_not_need_the_network_for_ip_literals_and_local
 )
 def test_host_matches(host: str, allowed: bool) -> None:
     assert host_matches(host, frozenset({"*.bfl.ai", "cdn.example.com"})) is allowed
+
+
+@pytest.mark.parametrize(
+    ("url", "refused"),
+    [
+        ("https://delivery-eu1.bfl.ai/results/a.png?sig=x", None),
+        ("https://CDN.Example.com./a.png", None),  # judged as safe_fetch judges it: lower case, no trailing dot
+        ("http://cdn.example.com:8443/a.png", None),  # the port is not part of the decision
+        ("https://bfl.ai/a.png", "bfl.ai"),  # *.bfl.ai is subdomains only
+        ("https://gateway.example.org/a.png", "gateway.example.org"),
+        ("https://bücher.example/a.png", "xn--bcher-kva.example"),  # named as the allow-list compares it
+        ("https://cdn.example.com:99999/a.png", None),  # malformed: left to safe_fetch to refuse
+    ],
+)
+def test_refused_host_is_the_allow_list_decision(url: str, refused: str | None) -> None:
+    policy = FetchPolicy(max_bytes=1, allowed_hosts=frozenset({"*.bfl.ai", "cdn.example.com"}))
+    assert refused_host(url, policy) == refused
+    assert refused_host(url, FetchPolicy(max_bytes=1)) is None  # no allow-list: no host is refused by name
+
+
+async def test_refused_host_agrees_with_safe_fetch() -> None:
+    policy = FetchPolicy(max_bytes=1, allowed_hosts=frozenset({"*.bfl.ai"}))
+    with pytest.raises(UnsafeURLError, match="the host 'gateway.example.org' is not one of the allowed hosts"):
+        await check_url("https://gateway.example.org/a.png", policy, resolver=FakeResolver({}))
+    assert refused_host("https://gateway.example.org/a.png", policy) == "gateway.example.org"
 
 
 async def test_allowed_hosts_are_enforced_before_dns() -> None:

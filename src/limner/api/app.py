@@ -58,7 +58,7 @@ def create_app(settings: Settings, *, runtime: Runtime | None = None) -> FastAPI
     app.include_router(conversations.agents_router)
     app.include_router(web.router)  # the chat web UI: / and /signin
     app.mount("/static", web.static_files(), name="static")
-    app.router.routes.append(mcp_endpoint.route("/mcp"))  # limner's MCP server over streamable HTTP
+    app.router.routes.extend(mcp_endpoint.routes("/mcp"))  # limner's MCP server over streamable HTTP
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + 256 * 1024)
     return app
 

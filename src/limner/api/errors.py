@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from limner.api.schemas import ErrorResponse
@@ -153,10 +154,15 @@ _HTTP_HINTS = {
 }
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names only the first route that matched the path
+        allowed = _allowed_methods(request) or [m.strip() for m in headers.get("Allow", "").split(",") if m.strip()]
+        if request.method == "OPTIONS":  # RFC 9110: OPTIONS asks what the resource supports
+            return Response(status_code=204, headers={"Allow": ", ".join([*allowed, "OPTIONS"])})
+        headers["Allow"] = ", ".join(allowed)
     body = error_body(code, str(exc.detail), _HTTP_HINTS.get(exc.status_code))
     return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
@@ -165,6 +171,20 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", exc_info=exc)
     body = error_body("internal_error", "Something went wrong inside limner.", "Try again; the log has details.")
     return JSONResponse(body, status_code=500)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents at this path (GET and POST of ``/api/images`` are two routes), read
+    from the app's own OpenAPI document, so the answer and the document cannot disagree.
+    """
+    methods: set[str] = set()
+    for template, item in request.app.openapi().get("paths", {}).items():
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), request.url.path):
+            methods |= {method.upper() for method in item if method.upper() in _METHOD_ORDER}
+    return sorted(methods, key=_METHOD_ORDER.index)
+
+
+_METHOD_ORDER = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
 def install_error_handlers(app: FastAPI) -> None:

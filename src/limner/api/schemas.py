@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from limner.library import ImageRecord
+from limner.probes import ProbeResult
 
 __all__ = [
     "ErrorBody",
@@ -22,6 +23,7 @@ __all__ = [
     "KeyStatusOut",
     "KeysOut",
     "ParentOut",
+    "ProbeOut",
     "SandboxOut",
     "ToolOut",
     "ToolResultOut",
@@ -107,6 +109,17 @@ class ToolOut(BaseModel):
     available: bool
 
 
+class ProbeOut(BaseModel):
+    """The last probe of a configured provider (none for emulators and MCP servers)."""
+
+    state: Literal["unknown", "answering", "not_answering"] = Field(
+        description="unknown: not probed yet (the first probe runs just after start)."
+    )
+    checked_at: datetime | None
+    detail: str | None = Field(description="Why it is not answering (never an address).")
+    hint: str | None = Field(description="The setting to check.")
+
+
 class FamilyOut(BaseModel):
     """A tool family, whether it can run, and why not."""
 
@@ -119,6 +132,7 @@ class FamilyOut(BaseModel):
     has_user_key: bool
     backend: str | None
     model: str | None
+    provider: ProbeOut | None = Field(description="Whether the configured provider answers (see /api/health).")
     tools: list[ToolOut]
 
 
@@ -137,11 +151,13 @@ class ToolResultOut(BaseModel):
 
 
 class KeyIn(BaseModel):
-    """A provider key to store (encrypted; never returned). Surrounding whitespace is removed first."""
+    """A provider key to store (encrypted; never returned).
 
-    model_config = ConfigDict(str_strip_whitespace=True)
+    The limits apply to the key as sent, so the schema and the server agree (a padded key over the length
+    is refused, a blank one too); surrounding whitespace is removed before the key is stored.
+    """
 
-    key: str = Field(min_length=1, max_length=4096)
+    key: str = Field(min_length=1, max_length=4096, pattern=r"\S", description="The key; not only whitespace.")
 
 
 class KeyStatusOut(BaseModel):
@@ -174,6 +190,9 @@ class FamilyHealthOut(BaseModel):
     id: str
     available: bool
     is_sandbox: bool
+    provider: ProbeOut | None = Field(
+        None, description="The last probe of the configured provider; null for emulators, MCP and unconfigured."
+    )
 
 
 class HealthOut(BaseModel):
@@ -183,3 +202,11 @@ class HealthOut(BaseModel):
     version: str
     sandbox: SandboxOut
     families: list[FamilyHealthOut]
+
+
+def probe_out(result: ProbeResult | None) -> ProbeOut | None:
+    """The API form of a probe result."""
+    if result is None:
+        return None
+    checked = datetime.fromtimestamp(result.checked_at, UTC) if result.checked_at is not None else None
+    return ProbeOut(state=result.state, checked_at=checked, detail=result.detail, hint=result.hint)

@@ -47,6 +47,7 @@ from limner.backends.base import (
     SizeRule,
     public_url,
 )
+from limner.backends.retries import Outcome, RetryPolicy, call_with_retries, status_outcome, transport_outcome
 from limner.errors import (
     ConfigurationError,
     LimnerError,
@@ -173,12 +174,14 @@ class A1111Backend(Backend):
         auth: tuple[str, str] | None = None,
         timeout: float = 300.0,
         progress_interval: float = 1.0,
+        max_retries: int = 2,
         is_sandbox: bool = False,
     ) -> None:
         url, url_auth = _split_credentials(base_url)
         super().__init__(endpoint=url, is_sandbox=is_sandbox)
         self.base_url = url.rstrip("/")
         self.http_client = http_client
+        self.retries = RetryPolicy(max_retries=max_retries)
         self.defaults = defaults
         self.auth = auth or url_auth
         self.timeout = timeout
@@ -253,13 +256,21 @@ class A1111Backend(Backend):
     ) -> httpx2.Response:
         """The generation call, with the progress poller beside it and an interrupt if it is abandoned."""
         watcher = asyncio.create_task(self._watch(auth, progress)) if progress is not None else None
-        try:
-            response = await self.http_client.post(
+
+        async def post() -> httpx2.Response:
+            answer = await self.http_client.post(
                 f"{self.base_url}{path}",
                 content=content,
                 headers={"content-type": "application/json"},
                 auth=auth,
                 timeout=httpx2.Timeout(self.timeout, connect=min(self.timeout, _CONNECT_TIMEOUT)),
+            )
+            _check_status(answer, path)
+            return answer
+
+        try:  # a generation: repeated only when the web UI certainly did not start it (retries.py)
+            response = await call_with_retries(
+                post, policy=self.retries, idempotent=False, classify=_retry_outcome, what=self.display_name
             )
         except (asyncio.CancelledError, httpx2.ReadTimeout):
             await self._interrupt(auth)
@@ -269,7 +280,6 @@ class A1111Backend(Backend):
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-        _check_status(response, path)
         return response
 
     async def _interrupt(self, auth: httpx2.Auth) -> None:
@@ -356,8 +366,15 @@ class A1111Backend(Backend):
 
     async def _get_json(self, path: str, auth: httpx2.Auth) -> Any:
         url = f"{self.base_url}{path}"
-        response = await self.http_client.get(url, auth=auth, timeout=min(self.timeout, _SHORT_TIMEOUT))
-        _check_status(response, path)
+
+        async def get() -> httpx2.Response:
+            answer = await self.http_client.get(url, auth=auth, timeout=min(self.timeout, _SHORT_TIMEOUT))
+            _check_status(answer, path)
+            return answer
+
+        response = await call_with_retries(  # a listing: repeating it costs nothing
+            get, policy=self.retries, idempotent=True, classify=_retry_outcome, what=self.display_name
+        )
         try:
             return response.json()
         except ValueError as exc:
@@ -532,6 +549,14 @@ def _a1111_mask(mask: bytes, size: tuple[int, int]) -> str:
 
 
 # -- reading answers ------------------------------------------------------------------------------
+
+
+def _retry_outcome(exc: BaseException) -> tuple[Outcome, float | None] | None:
+    """What a failed request says about whether the web UI did the work (retries.py)."""
+    if isinstance(exc, _StatusError):
+        return status_outcome(exc.status), None
+    outcome = transport_outcome(exc)
+    return None if outcome is None else (outcome, None)
 
 
 def _check_status(response: httpx2.Response, path: str) -> None:

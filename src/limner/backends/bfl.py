@@ -8,8 +8,11 @@ and with exponential backoff; ``safety_tolerance: 0`` is sent as 0; ``aspect_rat
 The ``x-key`` goes only to the configured base URL's host, to BFL's API hosts, or (for the sandbox) between
 loopback names: a ``polling_url`` anywhere else is refused rather than handed the key. Result links are
 fetched with :func:`limner.net.safe_fetch` under the caller's :class:`~limner.net.FetchPolicy` (whose
-``allowed_hosts`` should be :data:`BFL_DELIVERY_HOSTS` in production). Every failure is mapped in
-:meth:`BFLBackend._map_error` with hints naming ``FLUX_API_KEY`` and ``FLUX_API_BASE_URL``.
+``allowed_hosts`` should be :data:`BFL_DELIVERY_HOSTS` in production), widened by :func:`allowed_result_hosts`: the
+base URL's own host, since a gateway in front of BFL hands out links on itself, and the operator's
+``LIMNER_FLUX_RESULT_HOSTS``. A link elsewhere is refused with a hint naming its host and that setting.
+Every failure is mapped in :meth:`BFLBackend._map_error` with hints naming ``FLUX_API_KEY`` and
+``FLUX_API_BASE_URL``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import base64
 import ipaddress
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 from urllib.parse import quote, urljoin, urlsplit
@@ -35,6 +39,7 @@ from limner.backends.base import (
     ProgressCallback,
     SizeRule,
 )
+from limner.backends.retries import Outcome, RetryPolicy, call_with_retries, status_outcome, transport_outcome
 from limner.errors import (
     ConfigurationError,
     ContentPolicyError,
@@ -51,21 +56,32 @@ from limner.errors import (
     redact,
 )
 from limner.imaging import sniff_media_type
-from limner.net import FetchPolicy, host_matches, safe_fetch
+from limner.net import FetchPolicy, host_matches, refused_host, safe_fetch
 
-__all__ = ["BFL_API_HOSTS", "BFL_DELIVERY_HOSTS", "BFL_PROFILES", "BFLBackend", "FluxSizeRule"]
+__all__ = ["BFL_API_HOSTS", "BFL_DELIVERY_HOSTS", "BFL_PROFILES", "BFLBackend", "FluxSizeRule", "allowed_result_hosts"]
 
 BFL_DELIVERY_HOSTS: frozenset[str] = frozenset({"*.bfl.ai", "*.bfl.ml"})
 """Where ``result.sample`` links point (``delivery-eu1.bfl.ai``, ``delivery.*.bfl.ai``; region names change)."""
 BFL_API_HOSTS: frozenset[str] = frozenset({"api.bfl.ai", "api.bfl.ml", "*.bfl.ai", "*.bfl.ml"})
 """Hosts a ``polling_url`` may name (clusters such as ``api.eu2.bfl.ai`` appear in no docs)."""
 
-_KEY_SETTING, _URL_SETTING = "FLUX_API_KEY", "FLUX_API_BASE_URL"
+_KEY_SETTING, _URL_SETTING, _HOSTS_SETTING = "FLUX_API_KEY", "FLUX_API_BASE_URL", "LIMNER_FLUX_RESULT_HOSTS"
 _PENDING = frozenset({"Pending", "Processing"})  # "Processing" is not in the enum; some clients saw it
 _MODERATED = {"Request Moderated": "the prompt or an input image", "Content Moderated": "the generated image"}
 _FAILED = frozenset({"Error", "Failed"})
 _MAX_POLL_FAILURES = 3
 _RATIO = re.compile(r"^(\d+):(\d+)$")
+
+
+def allowed_result_hosts(base_url: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """Hosts a result link may name beyond the fetch policy's own: the base URL's host, and ``extra``.
+
+    Behind a gateway (``FLUX_API_BASE_URL`` pointing at a proxy of BFL) the links are rewritten to the
+    gateway's host, which the operator chose by setting that URL; ``extra`` holds host names or ``*.domain``
+    patterns from ``LIMNER_FLUX_RESULT_HOSTS`` for links on yet another host (a gateway's storage).
+    """
+    host = (urlsplit(base_url).hostname or "").lower().rstrip(".")
+    return frozenset({host, *extra} - {""})
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +251,10 @@ class BFLBackend(Backend):
         max_poll_interval: float = 4.0,
         deadline: float = 300.0,
         is_sandbox: bool = False,
+        result_hosts: Iterable[str] = (),
+        max_retries: int = 2,
     ) -> None:
+        """``result_hosts`` widens ``fetch_policy``'s allow-list, if it has one (see :func:`allowed_result_hosts`)."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
@@ -247,7 +266,10 @@ class BFLBackend(Backend):
         super().__init__(endpoint=base_url, is_sandbox=is_sandbox)
         self.base_url = base_url.rstrip("/")
         self.http_client = http_client
-        self.fetch_policy = fetch_policy
+        allowed = fetch_policy.allowed_hosts
+        widened = None if allowed is None else allowed | allowed_result_hosts(base_url, result_hosts)
+        self.fetch_policy = replace(fetch_policy, allowed_hosts=widened)
+        self.retries = RetryPolicy(max_retries=max_retries)
         self.poll_interval = poll_interval
         self.max_poll_interval = max_poll_interval
         self.deadline = deadline
@@ -313,8 +335,15 @@ class BFLBackend(Backend):
     async def _submit(self, model: str, body: bytes, api_key: str | None) -> _Submitted:
         path = f"/v1/{model}"
         headers = {**self._headers(api_key), "Content-Type": "application/json"}
-        response = await self.http_client.post(self.base_url + path, content=body, headers=headers)
-        data = self._json(response, "submit", path)
+
+        async def submit() -> dict[str, Any]:
+            response = await self.http_client.post(self.base_url + path, content=body, headers=headers)
+            return self._json(response, "submit", path)
+
+        # A task costs credits once BFL accepts it: repeated only when BFL certainly did not (retries.py).
+        data = await call_with_retries(
+            submit, policy=self.retries, idempotent=False, classify=_retry_outcome, what=self.display_name
+        )
         task_id = data.get("id")
         if not isinstance(task_id, str) or not task_id:
             raise self._bad_response("a submit answer without a task id")
@@ -357,6 +386,14 @@ class BFLBackend(Backend):
 
     async def _fetch_sample(self, result: dict[str, Any]) -> bytes:
         """Download ``result.sample`` through the safe fetcher; an expired link is the service's failure."""
+        refused = refused_host(result["sample"], self.fetch_policy)
+        if refused is not None:
+            allowed = ", ".join(sorted(self.fetch_policy.allowed_hosts or ()))
+            raise self._bad_response(
+                f"a result link on the host '{refused}', which limner does not fetch Flux results from",
+                hint=f"If '{refused}' serves your results (a gateway or proxy in front of BFL), add it to "
+                f"{_HOSTS_SETTING} (comma-separated host names or *.domain patterns). Allowed now: {allowed}.",
+            )
         try:
             fetched = await safe_fetch(
                 result["sample"], policy=self.fetch_policy, client=self.http_client, provider=self.name
@@ -592,8 +629,17 @@ def _with_images(fields: dict[str, Any], images: list[bytes]) -> bytes:
 
 
 def _is_transient(exc: Exception) -> bool:
-    """Poll failures worth another poll: connection trouble and 5xx (a GET is safe to repeat)."""
-    return isinstance(exc, httpx2.TransportError) or (isinstance(exc, _BFLStatusError) and exc.status >= 500)
+    """Poll failures worth another poll: whatever the one policy repeats for an idempotent GET (retries.py)."""
+    decision = _retry_outcome(exc)
+    return decision is not None and RetryPolicy().allows(decision[0], idempotent=True)
+
+
+def _retry_outcome(exc: BaseException) -> tuple[Outcome, float | None] | None:
+    """What a failed request says about whether BFL did the work (retries.py)."""
+    if isinstance(exc, _BFLStatusError):
+        return status_outcome(exc.status), exc.retry_after
+    outcome = transport_outcome(exc)
+    return None if outcome is None else (outcome, None)
 
 
 def _is_loopback(host: str) -> bool:

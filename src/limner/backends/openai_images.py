@@ -15,9 +15,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
@@ -35,6 +36,14 @@ from limner.backends.base import (
     public_url,
 )
 from limner.backends.openai_profiles import OPENAI_PROFILES, permissive_profile
+from limner.backends.retries import (
+    Outcome,
+    RetryPolicy,
+    call_with_retries,
+    retry_after_seconds,
+    status_outcome,
+    transport_outcome,
+)
 from limner.errors import (
     ConfigurationError,
     ContentPolicyError,
@@ -50,6 +59,8 @@ from limner.errors import (
 )
 
 __all__ = ["EndpointKind", "OpenAIEndpoint", "OpenAIImagesBackend", "SettingNames"]
+
+T = TypeVar("T")
 
 _AZURE_HOST_SUFFIXES = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
 _QUOTA_CODES = frozenset(
@@ -186,7 +197,7 @@ class OpenAIImagesBackend(Backend):
         self.target = endpoint
         self.http_client = http_client
         self.timeout = timeout
-        self.max_retries = max_retries
+        self.retries = RetryPolicy(max_retries=max_retries)
         self.partial_images = partial_images
         self.names = setting_names or SettingNames()
         self.backend_name = "azure" if endpoint.is_azure else "openai"
@@ -202,7 +213,7 @@ class OpenAIImagesBackend(Backend):
         common: dict[str, Any] = {
             "http_client": self.http_client,
             "timeout": self.timeout,
-            "max_retries": self.max_retries,
+            "max_retries": 0,  # limner's one policy decides (retries.py): the SDK would repeat a timed-out paid call
         }
         key = api_key or "missing"
         match self.target.kind:
@@ -237,9 +248,11 @@ class OpenAIImagesBackend(Backend):
             params["response_format"] = "b64_json"
         client = self._client(api_key)
         if self._streams(req.model, progress):
-            stream = await client.images.generate(stream=True, partial_images=self.partial_images, **params)
+            stream = await self._paid(
+                lambda: client.images.generate(stream=True, partial_images=self.partial_images, **params)
+            )
             return await self._consume(stream, req.n, progress)
-        return self._outputs(await client.images.generate(**params), req.output_format)
+        return self._outputs(await self._paid(lambda: client.images.generate(**params)), req.output_format)
 
     async def _edit(
         self, req: EditRequest, *, api_key: str | None, progress: ProgressCallback | None
@@ -251,11 +264,19 @@ class OpenAIImagesBackend(Backend):
         image_param: Any = files[0] if len(files) == 1 else files
         client = self._client(api_key)
         if self._streams(req.model, progress):
-            stream = await client.images.edit(
-                image=image_param, stream=True, partial_images=self.partial_images, **params
+            stream = await self._paid(
+                lambda: client.images.edit(image=image_param, stream=True, partial_images=self.partial_images, **params)
             )
             return await self._consume(stream, req.n, progress)
-        return self._outputs(await client.images.edit(image=image_param, **params), req.output_format)
+        return self._outputs(
+            await self._paid(lambda: client.images.edit(image=image_param, **params)), req.output_format
+        )
+
+    async def _paid(self, call: Callable[[], Awaitable[T]]) -> T:
+        """A generation or edit: retried only when it certainly was not done (see retries.py)."""
+        return await call_with_retries(
+            call, policy=self.retries, idempotent=False, classify=_retry_outcome, what=self.display_name
+        )
 
     def _streams(self, model: str, progress: ProgressCallback | None) -> bool:
         """Stream only when someone watches and partial images are wanted (each costs output tokens)."""
@@ -493,3 +514,18 @@ def _retry_after(response: httpx2.Response) -> float | None:
 def _host(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or url
+
+
+def _retry_outcome(exc: BaseException) -> tuple[Outcome, float | None] | None:
+    """What a failed SDK call says about whether the upstream did the work (retries.py)."""
+    if isinstance(exc, openai.APIConnectionError):  # timeouts too: the cause tells connect from read
+        cause = exc.__cause__
+        return (transport_outcome(cause) if cause is not None else None) or Outcome.UNKNOWN, None
+    if isinstance(exc, openai.APIStatusError):
+        if str(exc.code or "") == "insufficient_quota":  # a 429 that waiting does not cure
+            return Outcome.FAILED, None
+        headers = exc.response.headers
+        after_ms = retry_after_seconds(headers.get("retry-after-ms"))
+        after = after_ms / 1000 if after_ms is not None else retry_after_seconds(headers.get("retry-after"))
+        return status_outcome(exc.status_code), after
+    return None

@@ -7,8 +7,12 @@ runner mounts it at ``/a1111``, so ``SD_WEBUI_URL`` is ``http://127.0.0.1:PORT/a
   (a second request waits), ``seconds_per_step`` per sampling step.
 - ``GET /sdapi/v1/progress``; ``POST /sdapi/v1/interrupt``, ``/sdapi/v1/skip``: the running job.
 - ``GET``/``POST /sdapi/v1/options``; ``GET /sdapi/v1/sd-models``, ``/samplers``, ``/schedulers``,
-  ``/upscalers``, ``/loras``, ``/sd-vae`` (not Forge), ``/sd-modules`` (Forge), ``/status`` (SD.Next);
+  ``/upscalers``, ``/latent-upscale-modes``, ``/loras``, ``/hypernetworks``, ``/face-restorers``,
+  ``/realesrgan-models``, ``/prompt-styles``, ``/embeddings``, ``/scripts``, ``/cmd-flags``, ``/memory``,
+  ``/sd-vae`` (not Forge), ``/sd-modules`` (Forge), ``/status`` (SD.Next);
   ``POST /sdapi/v1/refresh-checkpoints``, ``/refresh-loras``, ``/png-info``.
+- ``POST /sdapi/v1/extra-single-image``, ``/extra-batch-images`` (upscaling) and ``/interrogate`` (a caption),
+  in the generation queue: :mod:`limner.sandbox.a1111_extras`. Every flavour answers them in A1111's shapes.
 - ``/_sandbox/faults`` (``GET``, ``POST``, ``DELETE``), ``/_sandbox/requests`` (``GET``, ``DELETE``),
   ``/_sandbox/jobs`` (``GET``): fault knobs, the request log and finished jobs, for other processes.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import secrets
 from collections import deque
@@ -55,6 +60,7 @@ from limner.sandbox.a1111_errors import (
     validation_error,
     validation_item,
 )
+from limner.sandbox.a1111_extras import caption, check_interrogation, extras_request, html_info, postprocess
 from limner.sandbox.a1111_jobs import (
     JobOutput,
     ProgressState,
@@ -68,7 +74,7 @@ from limner.sandbox.a1111_jobs import (
     run_job,
 )
 from limner.sandbox.a1111_params import JobContext, JobKind, JobSpec, build_job, decode_image
-from limner.sandbox.a1111_wire import MALFORMED_BODY, ProcessTime, generation_body, json_error, loggable
+from limner.sandbox.a1111_wire import MALFORMED_BODY, ProcessTime, extras_body, generation_body, json_error, loggable
 from limner.sandbox.faults import Fault, FaultKind, FaultQueue
 from limner.sandbox.openai_wire import route_path, wait_for_disconnect
 from limner.sandbox.recorder import DEFAULT_LOG_LIMIT, RecordedRequest, RequestLog
@@ -203,7 +209,25 @@ class A1111Emulator:
             Route(f"{sdapi}/samplers", self._listing(lambda: [s.listing(self.flavour) for s in self.samplers])),
             Route(f"{sdapi}/schedulers", self._listing(lambda: catalog.scheduler_listing(self.flavour, self.samplers))),
             Route(f"{sdapi}/upscalers", self._listing(lambda: list(catalog.UPSCALERS))),
+            Route(
+                f"{sdapi}/latent-upscale-modes",
+                self._listing(lambda: [{"name": name} for name in catalog.LATENT_UPSCALE_MODES]),
+            ),
             Route(f"{sdapi}/loras", self._listing(lambda: list(catalog.LORAS))),
+            Route(f"{sdapi}/hypernetworks", self._listing(lambda: list(catalog.HYPERNETWORKS))),
+            Route(f"{sdapi}/face-restorers", self._listing(lambda: list(catalog.FACE_RESTORERS))),
+            Route(f"{sdapi}/realesrgan-models", self._listing(lambda: list(catalog.REALESRGAN_MODELS))),
+            Route(f"{sdapi}/prompt-styles", self._listing(lambda: list(catalog.PROMPT_STYLES))),
+            Route(f"{sdapi}/embeddings", self._listing(lambda: catalog.embeddings(self._context().checkpoint))),
+            Route(f"{sdapi}/scripts", self._listing(catalog.scripts)),
+            Route(
+                f"{sdapi}/cmd-flags",
+                self._listing(lambda: catalog.cmd_flags(self.spec, api=self.api_enabled, auth=self.auth)),
+            ),
+            Route(f"{sdapi}/memory", self._listing(lambda: catalog.MEMORY)),
+            Route(f"{sdapi}/extra-single-image", self._endpoint(self._extra_single, body=True), methods=["POST"]),
+            Route(f"{sdapi}/extra-batch-images", self._endpoint(self._extra_batch, body=True), methods=["POST"]),
+            Route(f"{sdapi}/interrogate", self._endpoint(self._interrogate, body=True), methods=["POST"]),
             Route(f"{sdapi}/refresh-checkpoints", self._endpoint(self._refresh), methods=["POST"]),
             Route(f"{sdapi}/refresh-loras", self._endpoint(self._refresh), methods=["POST"]),
             Route(f"{sdapi}/png-info", self._endpoint(self._png_info, body=True), methods=["POST"]),
@@ -243,7 +267,7 @@ class A1111Emulator:
 
         return endpoint
 
-    def _listing(self, items: Callable[[], list[dict[str, Any]]]) -> _Endpoint:
+    def _listing(self, items: Callable[[], Any]) -> _Endpoint:
         async def handle(call: _Call) -> Response:
             return await self._plain(call, items())
 
@@ -303,7 +327,10 @@ class A1111Emulator:
         return data
 
     async def _plain(self, call: _Call, payload: Any, *, status: int = 200) -> Response:
-        """Answer a non-generation route, after any delay, hang or malformed body it was given."""
+        """Answer a non-generation route, after any delay, hang or malformed body it was given.
+
+        ``payload`` as bytes is JSON already encoded (off the loop, when it holds images).
+        """
         fault = call.fault
         if fault is not None and fault.kind in (FaultKind.DELAY, FaultKind.HANG):
             await self._stall(call.request, fault.seconds)
@@ -311,6 +338,8 @@ class A1111Emulator:
             return Response(MALFORMED_BODY, media_type="application/json")
         if status == 204:
             return Response(status_code=204)
+        if isinstance(payload, bytes):
+            return Response(payload, status_code=status, media_type="application/json")
         return JSONResponse(payload, status_code=status)
 
     @contextlib.contextmanager
@@ -472,6 +501,34 @@ class A1111Emulator:
         items = await anyio.to_thread.run_sync(read_text_chunks, data)
         text = items.pop("parameters", "")
         return await self._plain(call, {"info": text, "items": items, "parameters": parse_infotext(text)})
+
+    async def _extra_single(self, call: _Call) -> Response:
+        return await self._extras(call, batch=False)
+
+    async def _extra_batch(self, call: _Call) -> Response:
+        return await self._extras(call, batch=True)
+
+    async def _extras(self, call: _Call, *, batch: bool) -> Response:
+        """The extras tab: every image upscaled in turn, in the queue as the web UI runs it."""
+        request = await anyio.to_thread.run_sync(functools.partial(extras_request, call.data, self.spec, batch=batch))
+        call.record.files = list(request.files)
+        samples_format = self.options["samples_format"]
+        async with self._turn():
+            done = [
+                await anyio.to_thread.run_sync(postprocess, data, request, self.spec, samples_format)
+                for _, data in request.images
+            ]
+        text = done[-1][1] if done else ""
+        images = [image for image, _ in done]
+        body = await anyio.to_thread.run_sync(functools.partial(extras_body, images, html_info(text), batch=batch))
+        return await self._plain(call, body)
+
+    async def _interrogate(self, call: _Call) -> Response:
+        image, model, files = await anyio.to_thread.run_sync(check_interrogation, call.data, self.spec)
+        call.record.files = files
+        async with self._turn():
+            text = await anyio.to_thread.run_sync(caption, image, model)
+        return await self._plain(call, {"caption": text})
 
     async def _status(self, call: _Call) -> Response:
         """SD.Next's richer job status."""

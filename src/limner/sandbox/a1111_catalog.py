@@ -355,3 +355,100 @@ FORGE_MODULES: tuple[dict[str, Any], ...] = (
     {"model_name": "ae.safetensors", "filename": "/models/VAE/ae.safetensors"},
     {"model_name": "clip_l.safetensors", "filename": "/models/text_encoder/clip_l.safetensors"},
 )
+
+
+# -- the read-only listings clients such as webuiapi ask for (§2) --------------------------------
+
+LATENT_UPSCALE_MODES: tuple[str, ...] = (
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+)
+HYPERNETWORKS: tuple[dict[str, Any], ...] = (
+    {"name": "sandboxHypernetwork", "path": "/models/hypernetworks/sandboxHypernetwork.pt"},
+)
+FACE_RESTORERS: tuple[dict[str, Any], ...] = (
+    {"name": "CodeFormer", "cmd_dir": None},
+    {"name": "GFPGAN", "cmd_dir": None},
+)
+_REALESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
+REALESRGAN_MODELS: tuple[dict[str, Any], ...] = (
+    {"name": "R-ESRGAN General 4xV3", "path": f"{_REALESRGAN}/v0.2.5.0/realesr-general-x4v3.pth", "scale": 4},
+    {"name": "R-ESRGAN General WDN 4xV3", "path": f"{_REALESRGAN}/v0.2.5.0/realesr-general-wdn-x4v3.pth", "scale": 4},
+    {"name": "R-ESRGAN AnimeVideo", "path": f"{_REALESRGAN}/v0.2.5.0/realesr-animevideov3.pth", "scale": 4},
+    {"name": "R-ESRGAN 4x+", "path": f"{_REALESRGAN}/v0.1.0/RealESRGAN_x4plus.pth", "scale": 4},
+    {"name": "R-ESRGAN 4x+ Anime6B", "path": f"{_REALESRGAN}/v0.2.2.4/RealESRGAN_x4plus_anime_6B.pth", "scale": 4},
+    {"name": "R-ESRGAN 2x+", "path": f"{_REALESRGAN}/v0.2.1/RealESRGAN_x2plus.pth", "scale": 2},
+)
+PROMPT_STYLES: tuple[dict[str, Any], ...] = (
+    {"name": "sandbox watercolour", "prompt": "{prompt}, watercolour painting", "negative_prompt": "photo, blurry"},
+)
+MEMORY: dict[str, Any] = {
+    "ram": {"free": 12884901888.0, "used": 4294967296, "total": 17179869184.0},
+    "cuda": {
+        "system": {"free": 6442450944, "used": 2147483648, "total": 8589934592},
+        "active": {"current": 2097152000, "peak": 3145728000},
+        "allocated": {"current": 2097152000, "peak": 3145728000},
+        "reserved": {"current": 2147483648, "peak": 3221225472},
+        "inactive": {"current": 50331648, "peak": 75497472},
+        "events": {"retries": 0, "oom": 0},
+    },
+}
+"""``/memory`` of an 8 GiB GPU at rest: fixed numbers, since the sandbox has no GPU to measure."""
+
+
+def embeddings(checkpoint: Checkpoint) -> dict[str, Any]:
+    """``/embeddings``: one textual-inversion embedding, loaded for the current checkpoint."""
+    loaded = {
+        "step": 500,
+        "sd_checkpoint": checkpoint.shorthash,
+        "sd_checkpoint_name": checkpoint.model_name,
+        "shape": 768,
+        "vectors": 4,
+    }
+    return {"loaded": {"sandboxEmbedding": loaded}, "skipped": {}}
+
+
+def scripts() -> dict[str, list[str]]:
+    """``/scripts``: the emulator runs no scripts (naming one is the web UI's 422), so it lists none.
+
+    A real web UI lists its built-in ones ("prompt matrix", "x/y/z plot", ...); a client that checks
+    the list before naming a script, as webuiapi does for ControlNet, sees what will work here.
+    """
+    return {"txt2img": [], "img2img": []}
+
+
+def cmd_flags(spec: FlavourSpec, *, api: bool, auth: tuple[str, str] | None) -> dict[str, Any]:
+    """``/cmd-flags``: the launch flags this emulated web UI behaves as if started with.
+
+    As the real route does (it returns ``vars(cmd_opts)``), the credentials flag holds ``user:password``;
+    SD.Next names it ``auth`` and has no ``--api`` switch.
+    """
+    credentials = f"{auth[0]}:{auth[1]}" if auth is not None else None
+    flags: dict[str, Any] = {
+        "data_dir": "/sd",
+        "models_dir": "/models",
+        "ckpt_dir": None,
+        "lora_dir": "/models/Lora",
+        "embeddings_dir": "/sd/embeddings",
+        "hypernetwork_dir": "/models/hypernetworks",
+        "listen": False,
+        "port": None,
+        "nowebui": False,
+        "api_log": False,
+        "no_half": False,
+        "medvram": False,
+        "lowvram": False,
+        "xformers": False,
+        "skip_torch_cuda_test": False,
+        "timeout_keep_alive": 30,
+        "subpath": None,
+    }
+    if spec.api_always_on:
+        flags["auth"] = credentials
+    else:
+        flags.update(api=api, api_auth=credentials, api_server_stop=False)
+    return flags

@@ -190,8 +190,13 @@ async def _add_grid_and_extras(spec: JobSpec, images: list[bytes], infotexts: li
     return has_grid
 
 
+def output_format(samples_format: object) -> OutputFormat:
+    """The image format the ``samples_format`` setting asks for (PNG for anything unknown)."""
+    return _FORMATS.get(str(samples_format).lower(), "png")
+
+
 def _render(spec: JobSpec, index: int, coarseness: int, text: str, rendering: Rendering) -> bytes:
-    fmt = _FORMATS.get(str(rendering.samples_format).lower(), "png")
+    fmt = output_format(rendering.samples_format)
     if spec.kind == "img2img":
         source = spec.init_images[index % len(spec.init_images)]
         data = render_edit(
@@ -214,7 +219,7 @@ def _render(spec: JobSpec, index: int, coarseness: int, text: str, rendering: Re
 
 
 def _render_extra(spec: JobSpec, prompt: str, rendering: Rendering) -> bytes:
-    fmt = _FORMATS.get(str(rendering.samples_format).lower(), "png")
+    fmt = output_format(rendering.samples_format)
     return render_generation(prompt, spec.width, spec.height, fmt)
 
 
@@ -279,7 +284,7 @@ def infotext(spec: JobSpec, index: int, flavour: FlavourSpec) -> str:
     lines = [spec.prompts[index]]
     if spec.negative_prompts[index]:
         lines.append(f"Negative prompt: {spec.negative_prompts[index]}")
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items()))
+    lines.append(", ".join(f"{key}: {quote(value)}" for key, value in pairs.items()))
     return "\n".join(lines)
 
 
@@ -287,7 +292,8 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def _quote(value: Any) -> str:
+def quote(value: Any) -> str:
+    """An infotext value as the web UI writes it: JSON-quoted when it holds a comma, colon, quote or newline."""
     text = str(value)
     return json.dumps(text) if any(char in text for char in ',"\n:') else text
 

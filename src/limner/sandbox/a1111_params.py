@@ -45,6 +45,7 @@ SEED_LIMIT = 4294967294
 MAX_SIDE = 8192
 MAX_IMAGES = 64
 _INT, _FLOAT, _BOOL, _STR, _LIST, _DICT, _PROMPT = "int", "float", "bool", "str", "list", "dict", "prompt"
+_INT_OR_STR = "int_or_str"
 _TRUE = frozenset({"true", "1", "yes", "on", "t", "y"})
 _FALSE = frozenset({"false", "0", "no", "off", "f", "n"})
 
@@ -139,7 +140,7 @@ _SDNEXT: dict[str, tuple[str, Any]] = {
     "cfg_scale": (_FLOAT, 6.0),
     "cfg_end": (_FLOAT, 1.0),
     "sampler_name": (_STR, "Default"),
-    "sampler_index": (_INT, 0),
+    "sampler_index": (_INT_OR_STR, 0),  # Union[int, str]: clients such as webuiapi send a name
     "sd_model_checkpoint": (_STR, None),
     "detailer": (_BOOL, False),
 }
@@ -216,7 +217,7 @@ class JobSpec:
 def build_job(data: dict[str, Any], kind: JobKind, ctx: JobContext) -> tuple[JobSpec, list[RecordedFile]]:
     """Validate ``data`` and work out the job; raises :class:`A1111Error` as the web UI answers."""
     fields = request_fields(ctx.spec, kind)
-    values = _coerce_all(data, fields, ctx.spec)
+    values = coerce_fields(data, fields, ctx.spec)
     effective = {name: default if values.get(name) is None else values[name] for name, (_, default) in fields.items()}
     _check_scripts(effective, ctx.spec)
     sampler, scheduler = _sampler(effective, ctx)
@@ -266,9 +267,19 @@ class _Invalid(ValueError):
         self.message = message
 
 
-def _coerce_all(data: dict[str, Any], fields: dict[str, tuple[str, Any]], spec: FlavourSpec) -> dict[str, Any]:
+def coerce_fields(
+    data: dict[str, Any],
+    fields: dict[str, tuple[str, Any]],
+    spec: FlavourSpec,
+    problems: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The fields of ``data`` that are set, coerced leniently to their kinds; a 422 naming every bad one.
+
+    Given a ``problems`` list, bad fields are added to it instead, for a caller with more rules to check.
+    """
     values: dict[str, Any] = {}
-    problems: list[dict[str, Any]] = []
+    collect = problems is not None
+    problems = problems if problems is not None else []
     for name, (kind, _) in fields.items():
         if name not in data or data[name] is None:
             continue
@@ -276,7 +287,7 @@ def _coerce_all(data: dict[str, Any], fields: dict[str, tuple[str, Any]], spec: 
             values[name] = _coerce(kind, data[name], spec.pydantic_v2)
         except _Invalid as exc:
             problems.append(validation_item(spec, ["body", name], exc.kind, exc.message, data[name]))
-    if problems:
+    if problems and not collect:
         raise validation_error(problems)
     return values
 
@@ -290,6 +301,7 @@ def _coerce(kind: str, value: Any, v2: bool) -> Any:
         _LIST: _to_list,
         _DICT: _to_dict,
         _PROMPT: _to_prompt,
+        _INT_OR_STR: _to_int_or_str,
     }
     return coercers[kind](value, v2)
 
@@ -366,6 +378,13 @@ def _to_str(value: Any, v2: bool) -> str:
     if not v2 and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)  # Pydantic v1 turns numbers into strings
     raise _fail(v2, "string_type", "Input should be a valid string", "type_error.str", "str type expected")
+
+
+def _to_int_or_str(value: Any, v2: bool) -> int | str:
+    """``Union[int, str]`` in Pydantic's smart mode: an int or a string stays what it is."""
+    if isinstance(value, str):
+        return value
+    return _to_int(value, v2)
 
 
 def _to_list(value: Any, v2: bool) -> list[Any]:
@@ -473,11 +492,11 @@ def _inputs(
             raise A1111Error(400, {"error": "Init image is none"})
         raise http_exception(spec, 404, "Init image not found")
     images = tuple(decode_image(spec, item) for item in encoded)
-    files = [_record_file(f"init_images[{index}]", data) for index, data in enumerate(images)]
+    files = [record_file(f"init_images[{index}]", data) for index, data in enumerate(images)]
     if effective["mask"] is None:
         return images, None, files
     raw_mask = decode_image(spec, effective["mask"])
-    files.append(_record_file("mask", raw_mask))
+    files.append(record_file("mask", raw_mask))
     mask = renderer_mask(raw_mask, round_=effective["mask_round"], invert=bool(effective["inpainting_mask_invert"]))
     return images, mask, files
 
@@ -537,7 +556,8 @@ def renderer_mask(data: bytes, *, round_: bool = True, invert: bool = False) -> 
     return out.getvalue()
 
 
-def _record_file(field: str, data: bytes) -> RecordedFile:
+def record_file(field: str, data: bytes) -> RecordedFile:
+    """How the request log shows an image that arrived as base64: its size, type and sha256."""
     probe = probe_image(data)
     content_type = f"image/{probe.format.lower()}" if probe is not None and probe.format else None
     return RecordedFile(field, None, content_type, len(data), hashlib.sha256(data).hexdigest())

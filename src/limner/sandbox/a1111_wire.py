@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MALFORMED_BODY = b'{"images": ["iVBORw0KGgoAAAANSUhEUgAA'
-_BASE64_FIELDS = frozenset({"init_images", "mask", "image", "firstpass_image", "latent_mask"})
+_BASE64_FIELDS = frozenset({"init_images", "mask", "image", "firstpass_image", "latent_mask", "data"})
 
 
 class ProcessTime:
@@ -77,4 +77,15 @@ def generation_body(images: list[bytes], parameters: dict[str, Any], info: dict[
         body["images"] = [base64.b64encode(data).decode("ascii") for data in images]
     body["parameters"] = parameters
     body["info"] = json.dumps(info)
+    return json.dumps(body).encode()
+
+
+def extras_body(images: list[bytes], html_info: str, *, batch: bool) -> bytes:
+    """The extras answer, ``html_info`` first as the web UI's response models order it (run in a thread)."""
+    encoded = [base64.b64encode(data).decode("ascii") for data in images]
+    body: dict[str, Any] = {"html_info": html_info}
+    if batch:
+        body["images"] = encoded
+    else:
+        body["image"] = encoded[0]
     return json.dumps(body).encode()

@@ -1,7 +1,11 @@
 """A loopback emulator of the Black Forest Labs (BFL) FLUX API, following ``shared/apis/flux.md``.
 
-Routes, relative to where the app is mounted (the sandbox runner mounts it at ``/bfl``; that URL is what
-a client takes as ``FLUX_API_BASE_URL``):
+Routes, relative to where the app is mounted. The sandbox runner mounts it at ``/bfl`` (that URL is what
+limner and LibreChat-style clients take as ``FLUX_API_BASE_URL``) and again at the sandbox's root, where
+BFL's official Python client (``blackforest``) sends its requests: it keeps only the scheme and host of its
+base URL (``urljoin`` with ``v1/<model>`` replaces the base's last path segment, and its fallback poll is
+the root-absolute ``/v1/get_result``). Links the emulator hands out stay under the prefix the request came
+in on:
 
 - ``POST /v1/<endpoint>`` for every endpoint of :data:`~limner.sandbox.bfl_catalog.ENDPOINTS` (FLUX1.1
   [pro] and Ultra, [dev], legacy [pro], Kontext [pro]/[max], Fill, Expand, every FLUX.2 endpoint, the
@@ -33,6 +37,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from starlette.applications import Starlette
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -186,8 +191,9 @@ class BFLEmulator:
             scope.cancel()
 
     def mounts(self) -> dict[str, ASGIApp]:
-        """Served at ``/bfl``."""
-        return {"bfl": self.app()}
+        """Served at ``/bfl`` and at the root (``""``), where the official client sends (module docstring)."""
+        app = self.app()
+        return {"bfl": app, "": app}
 
     def public_urls(self, base_url: str) -> dict[str, str]:
         """The client base URL (``FLUX_API_BASE_URL``) for a sandbox served at ``base_url``."""
@@ -196,18 +202,13 @@ class BFLEmulator:
     def app(self) -> Starlette:
         """The Starlette app serving every route of this emulator."""
         routes = [
-            Route("/v1/get_result", self._route(self._get_result), methods=["GET"], name="bfl_get_result"),
+            Route("/v1/get_result", self._route(self._get_result), methods=["GET"]),
             Route("/v1/my_finetunes", self._route(self._my_finetunes), methods=["GET"]),
             Route("/v1/finetune_details", self._route(self._finetune_details), methods=["GET"]),
             Route("/v1/delete_finetune", self._route(self._delete_finetune), methods=["POST"]),
             Route("/v1/credits", self._route(self._credits), methods=["GET"]),
             Route("/v1/{endpoint}", self._route(self._submit, known=self._is_endpoint), methods=["POST"]),
-            Route(
-                "/delivery/results/{name}",
-                self._route(self._deliver, authenticated=False),
-                methods=["GET"],
-                name="bfl_delivery",
-            ),
+            Route("/delivery/results/{name}", self._route(self._deliver, authenticated=False), methods=["GET"]),
             Route("/_sandbox/faults", self._control_faults, methods=["GET", "POST", "DELETE"]),
             Route("/_sandbox/requests", self._control_requests, methods=["GET", "DELETE"]),
         ]
@@ -387,7 +388,7 @@ class BFLEmulator:
         if params.get("webhook_url"):
             body.update(status="Pending", webhook_url=params["webhook_url"])
         elif not self.omit_polling_url:
-            url = request.url_for("bfl_get_result").include_query_params(id=task.id)
+            url = _here(request, "/v1/get_result").include_query_params(id=task.id)
             if self.polling_host_alias:
                 url = url.replace(hostname=self.polling_host_alias)
             body["polling_url"] = str(url)
@@ -453,7 +454,7 @@ class BFLEmulator:
         """A link in the shape of the real delivery links (Azure SAS query), on this emulator."""
         expiry = datetime.fromtimestamp(self._files.expiry(name) or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         query = f"se={expiry}&sp=r&sv=2021-08-06&sr=b&sig={self._signature(name, expiry)}"
-        return f"{request.url_for('bfl_delivery', name=name)}?{query}"
+        return f"{_here(request, f'/delivery/results/{name}')}?{query}"
 
     async def _deliver(self, request: Request) -> Response:
         name = request.path_params["name"]
@@ -534,3 +535,12 @@ class BFLEmulator:
 
     async def _not_allowed(self, request: Request, exc: Exception) -> Response:
         return JSONResponse({"detail": "Method Not Allowed"}, status_code=405)
+
+
+def _here(request: Request, path: str) -> URL:
+    """``path`` on this emulator as ``request`` reached it: its scheme, host and mount prefix, no query.
+
+    Built from the mount's ``root_path`` rather than by route name, because the same app answers under
+    ``/bfl`` and at the root, and a name would resolve to the first mount whichever the client used.
+    """
+    return request.url.replace(path=request.scope.get("root_path", "") + path, query="")

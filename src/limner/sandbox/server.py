@@ -39,7 +39,11 @@ class Emulator(Protocol):
     """What the runner needs from an emulator; every upstream emulator implements it."""
 
     def mounts(self) -> dict[str, ASGIApp]:
-        """Prefix (no slashes) → app; one app may be served under several prefixes."""
+        """Prefix (no slashes) → app; one app may be served under several prefixes.
+
+        The prefix ``""`` serves the app at the sandbox's root, for an upstream whose own client keeps only
+        the host of its base URL; it is tried after every prefixed mount, and one emulator at most has it.
+        """
         ...
 
     def public_urls(self, base_url: str) -> dict[str, str]:
@@ -84,11 +88,15 @@ class Sandbox:
             emulator.close()
 
     def app(self) -> Starlette:
-        """One app: each emulator under its prefixes, and a JSON index at ``/``."""
+        """One app: a JSON index at ``/``, each emulator under its prefixes, then the one root mount if any."""
         routes: list[Route | Mount] = [Route("/", self._index, methods=["GET"])]
+        root: list[Route | Mount] = []
         for emulator in self.emulators().values():
-            routes += [Mount(f"/{prefix}", app=app) for prefix, app in emulator.mounts().items()]
-        return Starlette(routes=routes)
+            for prefix, app in emulator.mounts().items():
+                (routes if prefix else root).append(Mount(f"/{prefix}" if prefix else "", app=app))
+        if len(root) > 1:
+            raise ValueError("only one emulator can be served at the sandbox's root")
+        return Starlette(routes=routes + root)
 
     async def _index(self, request: Request) -> JSONResponse:
         base = str(request.base_url).rstrip("/")

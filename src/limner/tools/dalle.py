@@ -74,6 +74,7 @@ class DalleFamily(BackendFamily):
     id = FAMILY_ID
     title = "DALL·E"
     enable_hint = "Set DALLE3_API_KEY or DALLE_API_KEY (or user_provided), and DALLE_REVERSE_PROXY or DALLE3_BASEURL."
+    url_setting = "DALLE_REVERSE_PROXY or DALLE3_BASEURL"
 
     def __init__(self, *, description: str | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

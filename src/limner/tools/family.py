@@ -167,6 +167,8 @@ class BackendFamily:
     title: str = "Family"
     enable_hint: str = ""
     """What an operator sets to enable the family, for the 'not available' error."""
+    url_setting: str = ""
+    """The setting that says where the provider answers, named when the probe finds nobody there."""
 
     def __init__(
         self,

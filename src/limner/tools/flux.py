@@ -92,6 +92,7 @@ class FluxFamily(BackendFamily):
     id = FAMILY_ID
     title = "Flux"
     enable_hint = "Set FLUX_API_KEY (or user_provided, for each user to enter theirs)."
+    url_setting = "FLUX_API_BASE_URL"
 
     def __init__(self, *, edit_model: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -206,6 +207,8 @@ async def build(ctx: BuildContext) -> FluxFamily:
         fetch_policy=ctx.fetch_policy(sandbox=sandbox, allowed_hosts=BFL_DELIVERY_HOSTS),
         deadline=settings.flux_deadline,
         is_sandbox=sandbox,
+        result_hosts=settings.flux_result_hosts,
+        max_retries=settings.provider_max_retries,
     )
     status = available_status(
         FluxFamily, backend, settings.flux_model, source, reason=ctx.sandbox_reason() if sandbox else None

@@ -154,6 +154,7 @@ class OpenAIImageFamily(BackendFamily):
     id = FAMILY_ID
     title = "OpenAI Image Tools"
     enable_hint = "Set IMAGE_GEN_OAI_API_KEY (or user_provided, for each user to enter theirs) to enable them."
+    url_setting = "IMAGE_GEN_OAI_BASEURL"
 
     def __init__(self, *, descriptions: OpenAIDescriptions, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -79,6 +79,7 @@ class StableDiffusionFamily(BackendFamily):
     id = FAMILY_ID
     title = "Stable Diffusion"
     enable_hint = "Set SD_WEBUI_URL to a web UI started with --api (A1111, Forge or SD.Next)."
+    url_setting = "SD_WEBUI_URL"
 
     def _build_tools(self) -> list[ToolSpec[Any]]:
         return [
@@ -183,6 +184,7 @@ async def build(ctx: BuildContext) -> StableDiffusionFamily:
         auth=auth,
         timeout=settings.provider_timeout,
         progress_interval=0.1 if sandbox else 1.0,  # the emulator's jobs are short: poll often enough to show
+        max_retries=settings.provider_max_retries,
         is_sandbox=sandbox,
     )
     status = available_status(

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from limner.api.deps import CurrentUser, RuntimeDep
 from limner.api.errors import ERROR_RESPONSES
+from limner.api.schemas import ErrorResponse
 from limner.chat.conversations import DEFAULT_AGENT_ID, AgentFields
 from limner.chat.loop import DEFAULT_INSTRUCTIONS
 from limner.db.models import Agent, ChatMessage, Conversation
@@ -112,9 +113,9 @@ class MessageIn(BaseModel):
 
 
 class AgentIn(BaseModel):
-    """An agent's fields; on update, omitted fields are kept."""
+    """An agent's fields; on update, omitted fields are kept. Strict: ``"yes"`` is not a boolean."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str | None = Field(None, min_length=1, max_length=100)
     instructions: str | None = Field(None, max_length=20_000)
@@ -198,7 +199,10 @@ async def delete_conversation(runtime: RuntimeDep, user: CurrentUser, conversati
     "/{conversation_id}/messages",
     summary="Send a message; the answer streams as server-sent events.",
     response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}, "description": "The event stream (see the README)."}},
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream (see the README)."},
+        409: {"model": ErrorResponse, "description": "turn_in_progress: the conversation is answering a message."},
+    },
 )
 async def send_message(
     runtime: RuntimeDep, user: CurrentUser, conversation_id: str, body: MessageIn, request: Request

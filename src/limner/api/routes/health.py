@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from limner import __version__
 from limner.api.deps import RuntimeDep
-from limner.api.schemas import FamilyHealthOut, HealthOut, SandboxOut
+from limner.api.schemas import FamilyHealthOut, HealthOut, SandboxOut, probe_out
 
 __all__ = ["router"]
 
@@ -18,7 +18,12 @@ async def health(runtime: RuntimeDep) -> HealthOut:
     """No authentication: it reveals the configuration's shape, never keys, users or addresses."""
     sandbox = runtime.sandbox
     families = [
-        FamilyHealthOut(id=f.status.id, available=f.status.available, is_sandbox=f.status.is_sandbox)
+        FamilyHealthOut(
+            id=f.status.id,
+            available=f.status.available,
+            is_sandbox=f.status.is_sandbox,
+            provider=probe_out(runtime.probes.result(f.status.id)),
+        )
         for f in runtime.families.values()
     ]
     return HealthOut(

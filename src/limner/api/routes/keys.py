@@ -47,7 +47,7 @@ async def list_keys(runtime: RuntimeDep, user: CurrentUser) -> KeysOut:
 async def put_key(runtime: RuntimeDep, user: CurrentUser, provider: str, body: KeyIn) -> Response:
     """The key is encrypted at rest and used when the operator set none."""
     _source(runtime, provider)
-    await runtime.keyring.set(user.id, provider, body.key)
+    await runtime.keyring.set(user.id, provider, body.key.strip())
     return Response(status_code=204)
 
 

@@ -8,9 +8,10 @@ another user's token ID answers 404 ``token_not_found``, like an unknown one.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from limner.api.deps import CurrentUser, RuntimeDep, TokenCache
 from limner.api.errors import ERROR_RESPONSES
@@ -24,14 +25,19 @@ __all__ = ["TokenCreatedOut", "TokenIn", "TokenOut", "TokensOut", "router"]
 router = APIRouter(prefix="/api/tokens", tags=["tokens"], responses=ERROR_RESPONSES)
 
 
+def _whole_number(value: object) -> object:
+    """JSON Schema counts 30.0 as an integer, and so do we; strict mode still refuses "30" and 30.5."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 class TokenIn(BaseModel):
     """A new token's label and optional lifetime."""
 
     model_config = ConfigDict(strict=True, extra="forbid")
 
     name: str = Field("", max_length=100, description="A label to recognise the token by.")
-    expires_in_days: int | None = Field(
-        None, ge=1, le=3650, description="Days until the token stops working; null: it never expires."
+    expires_in_days: Annotated[int, Field(ge=1, le=3650), BeforeValidator(_whole_number)] | None = Field(
+        None, description="Days until the token stops working; null: it never expires."
     )
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body
 
 from limner.api.deps import CurrentUser, RuntimeDep
 from limner.api.errors import ERROR_RESPONSES
-from limner.api.schemas import FamilyOut, ImageOut, ToolOut, ToolResultOut, ToolsOut
+from limner.api.schemas import FamilyOut, ImageOut, ProbeOut, ToolOut, ToolResultOut, ToolsOut, probe_out
 from limner.tools.base import ToolSpec, run_tool
 from limner.tools.family import FamilyStatus
 
@@ -24,10 +24,16 @@ async def list_tools(runtime: RuntimeDep, user: CurrentUser) -> ToolsOut:
     grouped: dict[str, tuple[FamilyStatus | None, list[ToolSpec[Any]]]] = {}
     for spec, status in runtime.all_tools():
         grouped.setdefault(spec.family, (status, []))[1].append(spec)
-    return ToolsOut(families=[_family(fid, st, specs, fid in stored) for fid, (st, specs) in grouped.items()])
+    families = [
+        _family(fid, st, specs, fid in stored, probe_out(runtime.probes.result(fid)))
+        for fid, (st, specs) in grouped.items()
+    ]
+    return ToolsOut(families=families)
 
 
-def _family(family_id: str, status: FamilyStatus | None, specs: list[ToolSpec[Any]], has_key: bool) -> FamilyOut:
+def _family(
+    family_id: str, status: FamilyStatus | None, specs: list[ToolSpec[Any]], has_key: bool, provider: ProbeOut | None
+) -> FamilyOut:
     available = status.available if status else True
     tools = [
         ToolOut(
@@ -49,6 +55,7 @@ def _family(family_id: str, status: FamilyStatus | None, specs: list[ToolSpec[An
         has_user_key=has_key,
         backend=status.backend if status else None,
         model=status.model if status else None,
+        provider=provider,
         tools=tools,
     )
 

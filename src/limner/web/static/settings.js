@@ -182,12 +182,20 @@ export class Settings {
       this.panels.tools,
       h("p", { class: "panel-intro", text: "The tool families the agent can use here, and why one is not available." }),
       ...this.families.map((family) => {
-        const state = !family.available ? pill("Not available", "off") : family.is_sandbox ? pill("Sandbox", "sandbox") : pill("Available", "ok");
+        const silent = family.available && family.provider?.state === "not_answering";
+        const state = !family.available
+          ? pill("Not available", "off")
+          : silent
+            ? pill("Not answering", "off")
+            : family.is_sandbox
+              ? pill("Sandbox", "sandbox")
+              : pill("Available", "ok");
         return h(
           "article",
           { class: `setting-card family-card${family.available ? "" : " is-off"}`, dataset: { family: family.id } },
           h("div", { class: "card-head" }, h("h4", { text: family.title }), state),
           family.reason ? h("p", { class: "family-reason", text: `${sentence(family.reason)}.` }) : null,
+          silent ? h("p", { class: "family-reason family-probe", text: `${family.provider.detail} ${family.provider.hint}` }) : null,
           family.model || family.backend
             ? h("p", { class: "muted small" }, [family.backend ? `Backend ${family.backend}` : null, family.model ? `model ${family.model}` : null].filter(Boolean).join(", "))
             : null,
