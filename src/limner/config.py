@@ -265,6 +265,10 @@ class Settings(BaseSettings):
     """Largest accepted image file, for uploads and for bytes from providers and URLs."""
     max_image_pixels: int = Field(40_000_000, gt=0, validation_alias=_env("LIMNER_MAX_IMAGE_PIXELS"))
     """Largest accepted width x height; guards against decompression bombs."""
+    decode_memory_mb: int = Field(512, ge=16, validation_alias=_env("LIMNER_DECODE_MEMORY_MB"))
+    """MiB of decoded pixels the process may hold at once (uploads checked, thumbnails, vision copies,
+    masks); further decodes wait their turn, and one larger than this runs alone. A 6300x6300 image is
+    about 150 MiB decoded."""
     provider_timeout: float = Field(300.0, gt=0, validation_alias=_env("LIMNER_PROVIDER_TIMEOUT"))
     """Seconds before an upstream image call is abandoned (generations can take minutes)."""
     partial_images: int = Field(0, ge=0, le=3, validation_alias=_env("LIMNER_PARTIAL_IMAGES"))

@@ -26,6 +26,7 @@ from limner.chat.models import resolve_chat_model
 from limner.config import SandboxMode, Settings
 from limner.db.session import Database
 from limner.errors import ConfigurationError, ToolNotFoundError
+from limner.imaging import decode_budget
 from limner.keys import KeyRing, KeySource, load_cipher
 from limner.library import ImageLibrary, ImageLimits
 from limner.net import FetchPolicy, create_http_client
@@ -134,6 +135,7 @@ class Runtime:
         """
         async with AsyncExitStack() as stack:
             await anyio.to_thread.run_sync(make_private, settings.data_dir)
+            decode_budget().set_limit(settings.decode_memory_mb * 1024 * 1024)  # memory is per process
             db = await Database.open(settings.resolved_database_url)
             stack.push_async_callback(db.dispose)
             await db.upgrade()

@@ -1,14 +1,28 @@
 from __future__ import annotations
 
+import gc
 import io
 import logging
+import weakref
 import zlib
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
 
+import anyio
 import pytest
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from limner.errors import ImageTooLargeError, UnsupportedImageError
-from limner.imaging import make_thumbnail, prepare_mask, sniff_media_type, validate_image, validate_image_sync
+from limner.imaging import (
+    DecodeBudget,
+    make_thumbnail,
+    prepare_mask,
+    sniff_media_type,
+    validate_image,
+    validate_image_sync,
+    vision_copy,
+)
 from tests import images
 
 LIMITS = {"max_bytes": 5_000_000, "max_pixels": 40_000_000}
@@ -286,3 +300,171 @@ def test_animated_webp_with_exif_orientation_keeps_every_frame() -> None:
     frames[0].save(out, format="WEBP", save_all=True, append_images=frames[1:], exif=exif.tobytes(), lossless=True)
     info = validate_image_sync(out.getvalue(), **LIMITS)
     assert info.data == out.getvalue() and images.frame_count(info.data) == 3
+
+
+# --- memory: decodes wait for room in the budget; thumbnails never hold a second full-size copy (issue 24) ---
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for a state another task reaches (it runs in worker threads, so poll it, with a deadline)."""
+    with anyio.fail_after(30):
+        while not condition():
+            await anyio.sleep(0.005)
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The size of every image Pillow decodes (``ImageFile.load`` with pixels still to read)."""
+    seen: list[tuple[int, int]] = []
+    original = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> Any:
+        if self.tile:
+            seen.append(self.size)
+        return original(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    return seen
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda data, budget: make_thumbnail(data, 256, budget=budget),
+        lambda data, budget: vision_copy(data, 512, budget=budget),
+        lambda data, budget: validate_image(data, **LIMITS, budget=budget),
+        lambda data, budget: prepare_mask(images.mask_png(8, 8), (600, 400), budget=budget),
+    ],
+    ids=["thumbnail", "vision copy", "upload check", "mask"],
+)
+async def test_a_decode_waits_while_the_budget_is_used(
+    call: Callable[[bytes, DecodeBudget], Awaitable[object]], loads: list[tuple[int, int]]
+) -> None:
+    budget = DecodeBudget(10 * 1024 * 1024)
+    done = anyio.Event()
+
+    async def decode() -> None:
+        await call(images.png(600, 400), budget)
+        done.set()
+
+    async with anyio.create_task_group() as tg:
+        async with budget.reserve(budget.limit_bytes):  # another decode holds all of it
+            tg.start_soon(decode)
+            await _until(lambda: budget.waiting == 1)
+            assert loads == [] and not done.is_set()  # the header was read; no pixel yet
+        await done.wait()
+    assert loads and budget.in_use == 0
+
+
+async def test_a_provider_png_is_checked_without_waiting_for_the_budget(loads: list[tuple[int, int]]) -> None:
+    budget = DecodeBudget(1024 * 1024)
+    async with budget.reserve(budget.limit_bytes):
+        info = await validate_image(images.png(600, 400), **LIMITS, thorough=False, budget=budget)
+    assert info.width == 600 and loads == []  # the chunk walk decodes nothing, so it needs no room
+
+
+async def test_a_decode_larger_than_the_budget_runs_when_nothing_else_does() -> None:
+    budget = DecodeBudget(1024 * 1024)  # the image decodes to about 4 MB
+    assert images.size_of(await make_thumbnail(images.png(1200, 900), 256, budget=budget)) == (256, 192)
+    assert budget.in_use == 0
+
+
+async def test_large_jpeg_thumbnail_is_decoded_at_a_reduced_scale(loads: list[tuple[int, int]]) -> None:
+    data = images.encoded("JPEG", 4000, 3000)
+    thumb = await make_thumbnail(data, 256)
+    assert images.size_of(thumb) == (256, 192)
+    assert loads and max(max(size) for size in loads) <= 1000  # 1/4 scale at most: 2x the target or more
+
+
+@pytest.mark.parametrize("mode", ["P", "RGBA"])
+async def test_thumbnail_of_a_large_png_converts_stripes_not_the_whole_image(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A palette or RGBA image needs converting (to RGBA, to premultiplied alpha): never the whole of it at once."""
+    source = _noisy(3000, 2000, mode)
+    converted: list[tuple[int, int]] = []
+    original = Image.Image.convert
+
+    def convert(self: Image.Image, *args: Any, **kwargs: Any) -> Image.Image:
+        converted.append(self.size)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    copy, media_type = await vision_copy(source, 256)
+    monkeypatch.undo()
+    assert media_type == "image/png" and converted
+    assert max(height for _, height in converted) < 2000 // 4  # stripes and the reduced copy only
+    with Image.open(io.BytesIO(source)) as im:  # the same pixels as a whole-image reduce, then Lanczos
+        expected = im.convert("RGBA").reduce(5).resize((256, 171), Image.Resampling.LANCZOS)
+    assert images.pixels(copy) == ("RGBA", (256, 171), expected.tobytes())
+
+
+async def test_no_image_outlives_the_thumbnail(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[weakref.ref[Image.Image]] = []
+    original = Image.Image.__init__
+
+    def init(self: Image.Image) -> None:
+        original(self)
+        made.append(weakref.ref(self))
+
+    monkeypatch.setattr(Image.Image, "__init__", init)
+    await make_thumbnail(_noisy(1500, 1000, "RGBA"), 256)
+    await vision_copy(images.encoded("JPEG", 1500, 1000), 256)
+    monkeypatch.undo()
+    gc.collect()
+    assert len(made) > 5 and [ref for ref in made if ref() is not None] == []
+
+
+def _noisy(width: int, height: int, mode: str) -> bytes:
+    """A PNG in ``mode`` (a palette with a transparent entry, or RGBA) that compresses badly."""
+    noise = Image.effect_noise((width, height), 60)
+    if mode == "P":
+        im = noise.convert("P")
+        im.info["transparency"] = 0
+    else:
+        im = Image.merge(
+            "RGBA", [noise, noise.rotate(90, expand=False), noise.transpose(Image.Transpose.FLIP_LEFT_RIGHT), noise]
+        )
+    out = io.BytesIO()
+    im.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+class RecordingBudget(DecodeBudget):
+    """A budget that notes what each decode reserved."""
+
+    def __init__(self) -> None:
+        super().__init__(1 << 40)
+        self.reserved: list[int] = []
+
+    def reserve(self, nbytes: int) -> AbstractAsyncContextManager[None]:
+        self.reserved.append(nbytes)
+        return super().reserve(nbytes)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "options", "at_least", "below"),
+    [
+        ("PNG", {}, 4, 5),  # four bytes a pixel (RGB is stored in four)
+        ("WEBP", {"lossless": True}, 16, 17),  # libwebp's canvas and Pillow's copies of it
+        ("JPEG", {}, 4, 5),
+        ("JPEG", {"progressive": True}, 10, 11),  # the coefficients of every block, beside the pixels
+    ],
+)
+async def test_an_upload_check_reserves_what_its_decoder_holds(
+    fmt: str, options: dict[str, Any], at_least: int, below: int
+) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", (1000, 800), (5, 6, 7)).save(out, format=fmt, **options)
+    budget = RecordingBudget()
+    await validate_image(out.getvalue(), **LIMITS, budget=budget)
+    (reserved,) = budget.reserved
+    assert at_least * 800_000 <= reserved < below * 800_000
+
+
+async def test_a_jpeg_thumbnail_reserves_a_fraction_of_the_full_decode() -> None:
+    budget = RecordingBudget()
+    await make_thumbnail(images.encoded("PNG", 4000, 3000), 256, budget=budget)
+    await make_thumbnail(images.encoded("JPEG", 4000, 3000), 256, budget=budget)
+    png, jpeg = budget.reserved
+    assert png >= 4000 * 3000 * 4 and jpeg < png / 8  # decoded at 1/4 scale

@@ -123,8 +123,15 @@ class StorageKeyRepository:
         return int((await self.session.execute(stmt)).scalar_one())
 
     async def all_keys(self) -> set[str]:
-        """Every storage key referenced by a row (thumbnails derive from these)."""
+        """Every storage key referenced by a row."""
         return set((await self.session.execute(select(Image.storage_key).distinct())).scalars())
+
+    async def holders(self) -> set[tuple[str, str, str]]:
+        """(owner ID, SHA-256, storage key) of every row: what the sweep needs to know which blobs and
+        per-owner thumbnails are still wanted (no image data, no user data beyond the owner's ID).
+        """
+        stmt = select(Image.owner_id, Image.sha256, Image.storage_key).distinct()
+        return {(owner_id, sha, key) for owner_id, sha, key in (await self.session.execute(stmt)).all()}
 
 
 class UserRepository:

@@ -1,7 +1,8 @@
 """Blob stores: where image bytes live. Records live in the database; this layer knows only keys.
 
-A store never decides ownership: keys are content addresses handed out by the library, and every read
-reaches a store only after an owner-scoped database query found the key.
+A store never decides ownership: keys are content addresses handed out by the library (per owner, so no
+blob is shared between users), and every read reaches a store only after an owner-scoped database query
+found the key.
 """
 
 from __future__ import annotations

@@ -21,12 +21,13 @@ from limner.errors import StorageError
 
 __all__ = ["LocalBlobStore"]
 
-_KEY_RE = re.compile(r"^[a-z]+(?:/[0-9a-f]{2})*/[0-9a-f]{64}(?:\.[a-z0-9_]+)?$")
+# kind / owner part (32 hex; absent in keys written before keys were per owner) / fan-out / sha256 [.suffix]
+_KEY_RE = re.compile(r"^[a-z]+(?:/[0-9a-f]{32})?(?:/[0-9a-f]{2})*/[0-9a-f]{64}(?:\.[a-z0-9_]+)?$")
 _TMP_SUFFIX = ".tmp"
 
 
 class LocalBlobStore:
-    """Blobs as files under ``root``; keys look like ``images/ab/<sha256>``."""
+    """Blobs as files under ``root``; keys look like ``images/<owner part>/ab/<sha256>`` (older: ``images/ab/...``)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -29,6 +29,7 @@ __all__ = [
     "SANDBOX_KEY",
     "BackendFamily",
     "BuildContext",
+    "EditInputs",
     "Family",
     "FamilyStatus",
     "SandboxURLs",
@@ -118,6 +119,26 @@ def unavailable_status(family: type[BackendFamily], reason: str, model: str | No
     return FamilyStatus(id=family.id, title=family.title, available=False, reason=reason, model=model)
 
 
+@dataclass(frozen=True, slots=True)
+class EditInputs:
+    """An edit's input images as the backend takes them, with their records (for lineage and the LLM's text)."""
+
+    records: list[ImageRecord]
+    images: tuple[InputImage, ...]
+    mask_record: ImageRecord | None = None
+    mask: InputImage | None = None
+
+    @property
+    def referenced(self) -> list[str]:
+        """The input images' IDs, in the order asked."""
+        return [rec.id for rec in self.records]
+
+    def parents(self) -> list[tuple[str, str]]:
+        """(image ID, role) pairs for the lineage of what the edit makes."""
+        parents = [(rec.id, "input") for rec in self.records]
+        return parents if self.mask_record is None else [*parents, (self.mask_record.id, "mask")]
+
+
 class Family(Protocol):
     """A tool family as the registry sees it."""
 
@@ -198,20 +219,27 @@ class BackendFamily:
             return None
         return await ctx.keyring.resolve(ctx.user_id, self._key_source)
 
-    async def inputs(self, ctx: ToolContext, image_ids: Sequence[str]) -> list[tuple[ImageRecord, InputImage]]:
-        """The caller's images by ID, as backend inputs (an unknown or foreign ID fails the call)."""
-        found = await ctx.library.read_many(ctx.user_id, image_ids)
-        return [(rec, InputImage(data=data, media_type=rec.media_type, name=_name(rec))) for rec, data in found]
+    async def inputs(self, ctx: ToolContext, image_ids: Sequence[str], mask_id: str | None = None) -> EditInputs:
+        """The caller's images (and mask) by ID as backend inputs; an unknown or foreign ID fails the call.
 
-    async def mask(
-        self, ctx: ToolContext, mask_id: str | None, first: ImageRecord
-    ) -> tuple[ImageRecord | None, InputImage | None]:
-        """The mask as an RGBA PNG of the first image's size, and its record (for lineage)."""
+        One read for all of them: each distinct image is loaded once however often it is named (an LLM may
+        repeat an ID sixteen times), and the call is refused before anything is loaded when its inputs
+        together exceed the library's per-call cap. The mask becomes an RGBA PNG of the first image's size.
+        """
+        ids = [*image_ids, *([mask_id] if mask_id is not None else [])]
+        found = await ctx.library.read_inputs(ctx.user_id, ids)
+        shared: dict[str, InputImage] = {}
+        for rec, data in found[: len(image_ids)]:
+            if rec.id not in shared:
+                shared[rec.id] = InputImage(data=data, media_type=rec.media_type, name=_name(rec))
+        records = [rec for rec, _ in found[: len(image_ids)]]
+        images = tuple(shared[rec.id] for rec in records)
         if mask_id is None:
-            return None, None
-        ((record, data),) = await ctx.library.read_many(ctx.user_id, [mask_id])
-        png = await prepare_mask(data, (first.width, first.height))
-        return record, InputImage(data=png, media_type="image/png", name="mask.png")
+            return EditInputs(records=records, images=images)
+        mask_record, data = found[-1]
+        png = await prepare_mask(data, (records[0].width, records[0].height))
+        mask = InputImage(data=png, media_type="image/png", name="mask.png")
+        return EditInputs(records=records, images=images, mask_record=mask_record, mask=mask)
 
     async def save(
         self,

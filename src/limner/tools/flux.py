@@ -137,14 +137,13 @@ class FluxFamily(BackendFamily):
         params = args.model_dump(exclude_none=True, exclude={"image_ids"})
         if args.action == "edit":
             assert args.image_ids is not None
-            inputs = await self.inputs(ctx, args.image_ids)
-            request = EditRequest(model=model, images=tuple(i for _, i in inputs), **common)
+            edit = await self.inputs(ctx, args.image_ids)
+            request = EditRequest(model=model, images=edit.images, **common)
             outputs = await backend.edit(request, api_key=await self.api_key(ctx), progress=ctx.progress)
-            parents = [(rec.id, "input") for rec, _ in inputs]
             records = await self.save(
-                ctx, outputs, tool=TOOL, prompt=common["prompt"], params=params, parents=parents, model=model
+                ctx, outputs, tool=TOOL, prompt=common["prompt"], params=params, parents=edit.parents(), model=model
             )
-            return self._result(records, model, [rec.id for rec, _ in inputs], "Edited")
+            return self._result(records, model, edit.referenced, "Edited")
         outputs = await backend.generate(
             GenerateRequest(model=model, **common), api_key=await self.api_key(ctx), progress=ctx.progress
         )

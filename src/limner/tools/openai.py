@@ -200,16 +200,13 @@ class OpenAIImageFamily(BackendFamily):
     async def _edit(self, args: Any, ctx: ToolContext) -> ToolResult:
         backend = self.ready()
         key = await self.api_key(ctx)
-        inputs = await self.inputs(ctx, args.image_ids)
-        mask_record, mask = await self.mask(ctx, args.mask_image_id, inputs[0][0])
+        edit = await self.inputs(ctx, args.image_ids, args.mask_image_id)
         params = args.model_dump(exclude_none=True, exclude={"image_ids", "mask_image_id"})
-        request = EditRequest(model=self.model, images=tuple(i for _, i in inputs), mask=mask, **params)
+        request = EditRequest(model=self.model, images=edit.images, mask=edit.mask, **params)
         outputs = await backend.edit(request, api_key=key, progress=ctx.progress)
-        parents = [(rec.id, "input") for rec, _ in inputs]
-        if mask_record is not None:
-            parents.append((mask_record.id, "mask"))
+        parents = edit.parents()
         records = await self.save(ctx, outputs, tool=EDIT_TOOL, prompt=args.prompt, params=params, parents=parents)
-        return self.result(records, referenced=[rec.id for rec, _ in inputs], action="Edited", edit_tool=EDIT_TOOL)
+        return self.result(records, referenced=edit.referenced, action="Edited", edit_tool=EDIT_TOOL)
 
 
 def configured(settings: Settings) -> bool:
