@@ -91,10 +91,13 @@ class LimnerError(Exception):
 
     code: ClassVar[str] = "limner_error"
 
+    default_hint: ClassVar[str] = "Try again; if it keeps failing, the server's log has the details."
+    """What to do when the raise site has nothing more specific: every class says something (never null)."""
+
     def __init__(self, message: str, *, hint: str | None = None, llm_hint: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint
+        self.hint: str = hint or self.default_hint
         self.llm_hint = llm_hint
 
     def __str__(self) -> str:
@@ -109,6 +112,9 @@ class ConfigurationError(LimnerError):
     """An operator or a user must change a setting before this can work."""
 
     code = "configuration_error"
+    default_hint = (
+        "An operator must change the setting the message names (the README's configuration table lists them all)."
+    )
 
 
 class MissingCredentialsError(ConfigurationError):
@@ -132,6 +138,7 @@ class StoredKeyUnreadableError(ConfigurationError):
     """The user can fix this one (by entering the key again), unlike most configuration errors."""
 
     code = "stored_key_unreadable"
+    default_hint = "Enter your key again under Settings → Keys."
 
 
 class AddressInUseError(ConfigurationError):
@@ -140,30 +147,35 @@ class AddressInUseError(ConfigurationError):
     """
 
     code = "address_in_use"
+    default_hint = "Choose another port with --port or LIMNER_PORT, or stop the program that uses it."
 
 
 class AccessError(LimnerError):
     """The caller is not (yet) allowed: a failed sign-in, closed registration, a missing CSRF token."""
 
     code = "access_denied"
+    default_hint = "Sign in again; if this keeps happening, ask the operator."
 
 
 class SignInFailedError(AccessError):
     """A wrong name or a wrong password: deliberately the same message."""
 
     code = "sign_in_failed"
+    default_hint = "Check the name and the password; names are case-insensitive."
 
 
 class RegistrationClosedError(AccessError):
     """Sign-up is closed (``LIMNER_ALLOW_REGISTRATION=false``)."""
 
     code = "registration_closed"
+    default_hint = "Ask the operator for an account (`limner users create NAME --password`)."
 
 
 class TooManyAttemptsError(AccessError):
     """Too many failed sign-ins for an account name or from one address; ``retry_after`` in seconds."""
 
     code = "too_many_attempts"
+    default_hint = "Wait for the time in Retry-After, then try again."
 
     def __init__(self, message: str, *, hint: str | None = None, retry_after: float) -> None:
         super().__init__(message, hint=hint)
@@ -174,12 +186,14 @@ class CSRFError(AccessError):
     """A change requested with the session cookie but without the matching CSRF token."""
 
     code = "csrf_failed"
+    default_hint = "Reload the page and try again."
 
 
 class InputError(LimnerError):
     """The request cannot be served as asked; changing the request fixes it."""
 
     code = "invalid_input"
+    default_hint = "Change the request as the message says."
 
 
 class ImageNotFoundError(InputError):
@@ -200,66 +214,79 @@ class ToolNotFoundError(InputError):
     """A tool name that does not exist (an unavailable tool is a ConfigurationError instead)."""
 
     code = "tool_not_found"
+    default_hint = "Use one of the tools this server lists."
 
 
 class ConversationNotFoundError(InputError):
     """Unknown or someone else's conversation: one answer for both."""
 
     code = "conversation_not_found"
+    default_hint = "Check the ID: the conversation may have been deleted, or it belongs to another account."
 
 
 class AgentNotFoundError(InputError):
     """Unknown or someone else's agent."""
 
     code = "agent_not_found"
+    default_hint = "Check the ID: the agent may have been deleted, or it belongs to another account."
 
 
 class TokenNotFoundError(InputError):
     """An API token ID that does not exist or belongs to someone else (one answer for both)."""
 
     code = "token_not_found"
+    default_hint = "Check the ID: the token may have been revoked, or it belongs to another account."
 
 
 class TurnInProgressError(InputError):
     """A conversation takes one message at a time."""
 
     code = "turn_in_progress"
+    default_hint = "Wait for the answer to finish, or stop it, then send the message again."
 
 
 class UnknownProviderError(InputError):
     """A provider name that takes no key here."""
 
     code = "unknown_provider"
+    default_hint = "Use one of the providers that take a key (the Keys settings list them)."
 
 
 class UnsupportedImageError(InputError):
     """The bytes are not an image we accept, whatever their name or declared type says."""
 
     code = "unsupported_image"
+    default_hint = "Send a PNG, JPEG, WebP or GIF image."
 
 
 class ImageTooLargeError(InputError):
     """Over the byte cap or the pixel cap (decompression bombs)."""
 
     code = "image_too_large"
+    default_hint = (
+        "Send a smaller image (the operator sets the limits: LIMNER_MAX_UPLOAD_BYTES, LIMNER_MAX_IMAGE_PIXELS)."
+    )
 
 
 class UnsafeURLError(InputError):
     """A URL the safe fetcher refused: scheme, address, redirect or size."""
 
     code = "unsafe_url"
+    default_hint = "Use an http(s) URL on a public host; local files and private addresses are refused."
 
 
 class UnsupportedOperationError(InputError):
     """A value the model's profile does not allow; the message names what is allowed."""
 
     code = "unsupported_operation"
+    default_hint = "Change that value to one the message lists (the tool's parameters list them too)."
 
 
 class ProviderError(LimnerError):
     """The upstream image service failed; carries who failed and how, never the key."""
 
     code = "provider_error"
+    default_hint = "Try again in a moment; if it keeps failing, check the provider's status."
 
     def __init__(
         self,
@@ -336,6 +363,7 @@ class StorageError(LimnerError):
     """The blob store or the database could not keep an image; nothing half-written is left."""
 
     code = "storage_error"
+    default_hint = "Check free disk space and the permissions of LIMNER_DATA_DIR; the server's log has the details."
 
 
 _SECRET_PATTERNS = (

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from limner.config import SandboxMode, Settings, load_settings, operator_key
-from limner.errors import ConfigurationError
+from limner.errors import ConfigurationError, LimnerError
 
 LIBRECHAT_ENV = """
 # a slice of LibreChat's .env.example: most of it is not ours
@@ -151,3 +151,20 @@ def test_bare_field_names_are_not_read_from_env_file_or_environment(
 def test_python_code_still_passes_settings_by_field_name(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path, port=9999, sandbox="off")
     assert (settings.data_dir, settings.port, settings.sandbox) == (tmp_path, 9999, SandboxMode.OFF)
+
+
+def _every_error_class() -> list[type[LimnerError]]:
+    found, todo = [], [LimnerError]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+@pytest.mark.parametrize("cls", _every_error_class(), ids=lambda cls: cls.__name__)
+def test_every_error_has_a_hint_even_when_the_raise_site_gives_none(cls: type[LimnerError]) -> None:
+    """A person always learns what to do: no error reaches a front end with ``hint: null``."""
+    assert cls.default_hint.strip() and cls.default_hint.endswith((".", ")"))
+    if cls.__init__ is LimnerError.__init__:  # classes with their own constructor build their hint themselves
+        assert cls("Something failed.").to_dict()["hint"] == cls.default_hint
