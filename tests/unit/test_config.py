@@ -153,6 +153,22 @@ def test_python_code_still_passes_settings_by_field_name(tmp_path: Path) -> None
     assert (settings.data_dir, settings.port, settings.sandbox) == (tmp_path, 9999, SandboxMode.OFF)
 
 
+def test_the_environment_beats_the_env_file_and_the_first_name_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = tmp_path / ".env"
+    env.write_text(
+        'export LIMNER_PORT=7001\nlimner_host="0.0.0.0"\nDALLE_API_KEY=sk-second\nDALLE3_API_KEY=sk-first\n'
+        "LIMNER_LOG_LEVEL=\n"
+    )
+    monkeypatch.setenv("LIMNER_PORT", "7002")
+    settings = load_settings(env)
+    assert settings.port == 7002  # the process environment over the file, as pydantic-settings does
+    assert settings.host == "0.0.0.0"  # names match without regard to case; quotes are removed
+    assert settings.dalle_api_key is not None and settings.dalle_api_key.get_secret_value() == "sk-first"
+    assert settings.log_level == "INFO"  # an empty value means "not set"
+
+
 def _every_error_class() -> list[type[LimnerError]]:
     found, todo = [], [LimnerError]
     while todo:
