@@ -72,6 +72,15 @@ def test_the_lock_agrees_with_pyproject() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert _lock()["requires-python"] == project["requires-python"]
     assert _locked_root()["metadata"].get("provides-extras", []) == sorted(project["optional-dependencies"])  # type: ignore[attr-defined]
+    groups = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("dependency-groups", {})
+    locked_groups = _locked_root()["metadata"].get("requires-dev", {})  # type: ignore[attr-defined]
+    for group, lines in groups.items():
+        wanted_group = {(canonicalize_name(Requirement(line).name), str(Requirement(line).specifier)) for line in lines}
+        found_group = {
+            (canonicalize_name(dep["name"]), dep.get("specifier", "")) for dep in locked_groups.get(group, [])
+        }
+        assert wanted_group == found_group, f"dependency group {group!r} differs between pyproject and uv.lock"
+    assert set(locked_groups) == set(groups)
 
 
 def test_the_installed_environment_is_the_locked_one() -> None:
