@@ -99,3 +99,12 @@ async def test_a_long_retry_after_is_reported_not_waited_for() -> None:
     assert call.calls == 1
     assert FAST.delay(0, 2.5) == 2.5
     assert 0.25 <= RetryPolicy(base_delay=0.5).delay(0, None) <= 0.5  # backoff with jitter
+
+
+def test_retry_after_reads_milliseconds_first_and_ignores_dates() -> None:
+    from limner.backends.retries import retry_after
+
+    assert retry_after({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after({"retry-after": "3"}) == 3.0
+    assert retry_after({"retry-after": "Wed, 21 Oct 2026 07:28:00 GMT"}) is None
+    assert retry_after({}) is None

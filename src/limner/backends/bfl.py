@@ -39,7 +39,14 @@ from limner.backends.base import (
     ProgressCallback,
     SizeRule,
 )
-from limner.backends.retries import Outcome, RetryPolicy, call_with_retries, status_outcome, transport_outcome
+from limner.backends.retries import (
+    Outcome,
+    RetryPolicy,
+    call_with_retries,
+    retry_after,
+    status_outcome,
+    transport_outcome,
+)
 from limner.errors import (
     ConfigurationError,
     ContentPolicyError,
@@ -223,7 +230,7 @@ class _BFLStatusError(Exception):
         super().__init__(response.status_code, stage)
         self.status = response.status_code
         self.detail = _detail(response)
-        self.retry_after = _retry_after(response)
+        self.retry_after = retry_after(response.headers)
         self.stage = stage
         self.path = path
 
@@ -680,11 +687,3 @@ def _details_text(details: Any) -> str:
         return ""
     text = details.get("message") if isinstance(details, dict) else None
     return f": {redact(text if isinstance(text, str) else json.dumps(details), limit=300)}"
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None

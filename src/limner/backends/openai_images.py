@@ -40,7 +40,7 @@ from limner.backends.retries import (
     Outcome,
     RetryPolicy,
     call_with_retries,
-    retry_after_seconds,
+    retry_after,
     status_outcome,
     transport_outcome,
 )
@@ -424,14 +424,14 @@ class OpenAIImagesBackend(Backend):
             return ProviderRateLimitError(
                 f"{who} is rate limiting requests: {upstream}",
                 hint="Wait a little and try again.",
-                retry_after=_retry_after(exc.response),
+                retry_after=retry_after(exc.response.headers),
                 **common,
             )
         if status >= 500 or status == 408:
             return ProviderUnavailableError(
                 f"{who} failed with HTTP {status}: {upstream}",
                 hint="Try again in a moment.",
-                retry_after=_retry_after(exc.response),
+                retry_after=retry_after(exc.response.headers),
                 **common,
             )
         param = getattr(exc, "param", None)
@@ -500,17 +500,6 @@ def _is_azure_filter(exc: openai.APIError) -> bool:
     return isinstance(inner, dict) and inner.get("code") == "ResponsibleAIPolicyViolation"
 
 
-def _retry_after(response: httpx2.Response) -> float | None:
-    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
-        value = response.headers.get(header)
-        if value:
-            try:
-                return float(value) * scale
-            except ValueError:
-                continue
-    return None
-
-
 def _host(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname or url
@@ -524,8 +513,5 @@ def _retry_outcome(exc: BaseException) -> tuple[Outcome, float | None] | None:
     if isinstance(exc, openai.APIStatusError):
         if str(exc.code or "") == "insufficient_quota":  # a 429 that waiting does not cure
             return Outcome.FAILED, None
-        headers = exc.response.headers
-        after_ms = retry_after_seconds(headers.get("retry-after-ms"))
-        after = after_ms / 1000 if after_ms is not None else retry_after_seconds(headers.get("retry-after"))
-        return status_outcome(exc.status_code), after
+        return status_outcome(exc.status_code), retry_after(exc.response.headers)
     return None

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeVar
@@ -33,7 +33,7 @@ __all__ = [
     "Outcome",
     "RetryPolicy",
     "call_with_retries",
-    "retry_after_seconds",
+    "retry_after",
     "status_outcome",
     "transport_outcome",
 ]
@@ -101,12 +101,12 @@ async def call_with_retries(
             decision = classify(exc)
             if decision is None or retry >= policy.max_retries:
                 raise
-            outcome, retry_after = decision
+            outcome, asked = decision
             if not policy.allows(outcome, idempotent=idempotent):
                 raise
-            if retry_after is not None and retry_after > policy.max_retry_after:
+            if asked is not None and asked > policy.max_retry_after:
                 raise
-            wait = policy.delay(retry, retry_after)
+            wait = policy.delay(retry, asked)
             log.info(
                 "%s: %s (%s); retry %d of %d in %.2f s",
                 what,
@@ -140,11 +140,15 @@ def status_outcome(status: int) -> Outcome:
     return Outcome.FAILED
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` (or ``retry-after-ms`` converted by the caller) in seconds, when it is a number."""
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait an answer asks for, in seconds: ``retry-after-ms`` (OpenAI, Azure), else ``retry-after``;
+    None when neither is a number (an HTTP date is not honoured: no upstream of ours sends one).
+    """
+    for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(header)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
